@@ -1,0 +1,122 @@
+"""The ``curate`` command line.
+
+Only typer and the standard library are imported at start-up: torch, ray, pyiqa and the
+stages are imported inside the commands that need them, so ``curate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Curate image-restoration pretraining sets (Million-IRD style) and pretrain DyNet on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+manifest_app = typer.Typer(help="Check and summarise manifests.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+
+
+def _hygiene() -> None:
+    """Nothing leaves the machine unless asked: these libraries phone home by default."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Option(help="Bundled pipeline name or a YAML path.")] = "demo",
+    stage: Annotated[str, typer.Option(help="download | score | filter | patch | all")] = "all",
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="Replace the pipeline's sources: Parquet file/folder/glob, or folder:PATH."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<pipeline name>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.sub=value.")] = None,
+) -> None:
+    """Run the pipeline (with no arguments: the bundled offline demo)."""
+    _hygiene()
+    from curation.config import ConfigError, load_pipeline, source_from_input
+    from curation.fetch import FetchError
+    from curation.run import STAGES, format_summary, run_pipeline
+    from curation.sources import InputError
+    from curation.stages.base import RunDirError
+    from manifests import ManifestError
+
+    if stage != "all" and stage not in STAGES:
+        _fail(f"unknown stage {stage!r}: use one of {', '.join(STAGES)} or all")
+    try:
+        cfg = load_pipeline(pipeline, set_ or [])
+        if input:
+            cfg.sources = [source_from_input(spec) for spec in input]
+        if address:
+            cfg.ray.address = address
+        run_dir = output or Path("runs") / cfg.name
+        stages = list(STAGES) if stage == "all" else [stage]
+        summaries = run_pipeline(cfg, run_dir, stages, address=cfg.ray.address)
+    except (ConfigError, InputError, RunDirError, ManifestError) as exc:
+        _fail(str(exc))
+    except FetchError as exc:
+        _fail(str(exc), code=1)
+    typer.echo(format_summary(summaries))
+    typer.echo(f"run folder: {run_dir}")
+
+
+@manifest_app.command("validate")
+def manifest_validate(root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")]) -> None:
+    """Check every manifest under ROOT against the schema; exit 1 on any problem."""
+    from manifests import validate
+
+    report = validate(root)
+    for problem in report.problems[:50]:
+        typer.echo(problem, err=True)
+    if len(report.problems) > 50:
+        typer.echo(f"... and {len(report.problems) - 50} more problems", err=True)
+    if not report.ok:
+        typer.echo(f"INVALID: {len(report.problems)} problem(s) in {report.files} file(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK: {report.files} manifest file(s), {report.rows} rows")
+
+
+@manifest_app.command("stats")
+def manifest_stats(
+    root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts per stage / status / reason."""
+    from manifests import ManifestError, format_stats
+    from manifests import manifest_stats as compute
+
+    if not root.exists():
+        _fail(f"{root}: no such file or folder")
+    try:
+        stats = compute(root)
+    except ManifestError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""What every stage shares: its output folder, its fingerprint check and its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RunDirError(RuntimeError):
+    """The output folder holds something this run must not touch (another run's data)."""
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    counts: dict[str, int] = field(default_factory=dict)  # "status" or "status/reason" -> n
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def check_fingerprint(path: Path, settings: dict, what: str) -> None:
+    """Refuse to mix two runs' data in one folder: record settings once, compare on reruns.
+
+    ``settings`` are the inputs that decide the folder's content; a rerun with the same ones
+    resumes, a rerun with others would silently mix results and is refused.
+    """
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise RunDirError(
+                f"{path.parent.parent} holds {what} made with other settings "
+                f"({', '.join(changed)} differ); use a new --output, or delete that folder to redo it"
+            )
+    else:
+        write_json_atomic(path, settings)

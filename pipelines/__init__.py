@@ -1,0 +1,1 @@
+"""Declarative pipeline definitions (YAML) bundled with curate; see curation.config."""
