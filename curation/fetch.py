@@ -26,8 +26,18 @@ from manifests import IMAGE, write_manifest
 _RESIZE_REASONS = {
     "image too small": "too_small",
     "image area too large": "too_many_pixels",
+    "CV_IO_MAX_IMAGE_PIXELS": "too_many_pixels",  # OpenCV refused the declared size
     "aspect ratio too large": "aspect_ratio_too_large",
 }
+
+
+def rejection_reason(status: str, error: str | None) -> str | None:
+    """The snake_case reason when img2dataset refused an image for its size, else None."""
+    if status != "failed_to_resize" or not error:
+        return None
+    return next((reason for needle, reason in _RESIZE_REASONS.items() if needle in error), None)
+
+
 _IMAGE_MEMBER_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -40,6 +50,7 @@ def failure_reason(error: str | None) -> str:
     for needle, reason in (
         ("timed out", "timeout"),
         ("decoding error", "decode_error"),
+        ("!buf.empty()", "empty_body"),
         ("connection refused", "connection_refused"),
         ("name or service not known", "dns_error"),
         ("x-robots-tag", "disallowed_by_robots_tag"),
@@ -158,7 +169,9 @@ def publish_shards(raw: Path, dest: Path, inputs: dict[str, dict], source_dir: P
         members = _tar_members(tar) if tar.exists() else {}
         shard_rel = os.path.relpath(tar, source_dir)
         rows = []
-        for r in pq.read_table(raw / f"{sid}.parquet").to_pylist():
+        # img2dataset writes rows in completion order; sorting makes reruns byte-identical.
+        raw_rows = sorted(pq.read_table(raw / f"{sid}.parquet").to_pylist(), key=lambda r: r["key"])
+        for r in raw_rows:
             row = dict(inputs[r["curate_key"]])
             row.update(stage="download", sample_key=r["key"])
             status, err = r["status"], r["error_message"]
@@ -173,8 +186,8 @@ def publish_shards(raw: Path, dest: Path, inputs: dict[str, dict], source_dir: P
                     reencoded=sha != r["sha256"],
                     shard=shard_rel,
                 )
-            elif status == "failed_to_resize" and err in _RESIZE_REASONS:
-                row.update(status="rejected", reason=_RESIZE_REASONS[err])
+            elif rejection_reason(status, err):
+                row.update(status="rejected", reason=rejection_reason(status, err))
             else:
                 err = err or f"img2dataset status {status}, sample missing from shard"
                 row.update(status="failed", reason=failure_reason(err), error=err)

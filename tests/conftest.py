@@ -1,0 +1,42 @@
+"""Shared fixtures. Nothing here reaches beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+# Set before any test imports img2dataset / ray / pyiqa: they phone home by default.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_WWW = REPO / "pipelines" / "demo" / "www"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if any("gpu" in item.keywords for item in items) and not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_photos() -> list[Path]:
+    """The real bundled photos (1024 px short side), sorted."""
+    return sorted(p for p in DEMO_WWW.iterdir() if p.suffix in (".jpg", ".png") and p.stat().st_size > 100_000)

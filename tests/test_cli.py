@@ -1,0 +1,102 @@
+"""The real `curate` command, run as a user would, into temp folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+CURATE = [sys.executable, "-m", "curation.cli"]
+
+
+def curate(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CURATE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys\n"
+        "from curation.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'ray', 'pyiqa', 'img2dataset', 'webdataset') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "run" in out and "manifest" in out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = curate("run", "--stage", "download", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "downloaded" in proc.stdout
+    return out
+
+
+def test_demo_download_validates_and_counts_add_up(demo_run):
+    proc = curate("manifest", "validate", demo_run)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    stats = json.loads(curate("manifest", "stats", demo_run, "--json").stdout)
+    group = stats["groups"]["download"]
+    counts = {(c["status"], c["reason"]): c["count"] for c in group["counts"]}
+    assert group["rows"] == pq.read_metadata(Path("pipelines/demo/urls.parquet")).num_rows == 18
+    assert counts[("downloaded", None)] == 11
+    assert counts[("failed", "http_404")] == 1
+    assert counts[("rejected", "too_small")] == 1
+    assert counts[("prefiltered", "duplicate_url")] == 1
+    assert (demo_run / "config.yaml").is_file() and (demo_run / "run.json").is_file()
+
+
+def test_rerun_resumes_without_refetching(demo_run):
+    proc = curate("run", "--stage", "download", "--output", demo_run)
+    assert proc.returncode == 0, proc.stderr
+    assert "published 0 new shard" in proc.stdout
+
+
+def test_other_settings_in_same_output_are_refused(demo_run):
+    proc = curate("run", "--stage", "download", "--output", demo_run, "--set", "download.min_side=512")
+    assert proc.returncode == 2
+    assert "other settings" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--input", "/nonexistent/urls.parquet"], "no such file"),
+        (["run", "--stage", "bogus"], "unknown stage"),
+        (["run", "--set", "download.min_sid=3"], "unknown key"),
+        (["run", "--pipeline", "nope"], "unknown pipeline"),
+        (["manifest", "stats", "/nonexistent"], "no such file"),
+    ],
+)
+def test_user_mistakes_get_one_line(tmp_path, args, message):
+    proc = curate(*args, "--output", tmp_path / "o") if args[0] == "run" else curate(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_parquet_without_url_column(tmp_path):
+    pq.write_table(pa.table({"link": ["http://127.0.0.1:9/x.jpg"]}), tmp_path / "u.parquet")
+    proc = curate("run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "no 'URL' column" in proc.stderr and "link" in proc.stderr
+
+
+def test_not_a_parquet_file(tmp_path):
+    (tmp_path / "u.parquet").write_text("URL\nhttp://x\n")
+    proc = curate("run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o")
+    assert proc.returncode == 2 and "not a readable Parquet" in proc.stderr
+
+
+def test_validate_reports_invalid(tmp_path):
+    proc = curate("manifest", "validate", tmp_path)
+    assert proc.returncode == 1 and "no manifest" in proc.stderr
