@@ -42,11 +42,20 @@ def run(
     stage: Annotated[str, typer.Option(help="download | score | filter | patch | all")] = "all",
     input: Annotated[
         list[str] | None,
-        typer.Option("--input", help="Replace the pipeline's sources: Parquet file/folder/glob, or folder:PATH."),
+        typer.Option(
+            "--input",
+            help="Replace the pipeline's sources: Parquet file/folder/glob, or folder:PATH.",
+        ),
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<pipeline name>).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key.sub=value.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder (default: runs/<pipeline name>).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field: key.sub=value.")
+    ] = None,
 ) -> None:
     """Run the pipeline (with no arguments: the bundled offline demo)."""
     _hygiene()
@@ -77,7 +86,9 @@ def run(
 
 
 @manifest_app.command("validate")
-def manifest_validate(root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")]) -> None:
+def manifest_validate(
+    root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")],
+) -> None:
     """Check every manifest under ROOT against the schema; exit 1 on any problem."""
     from manifests import validate
 
@@ -87,7 +98,9 @@ def manifest_validate(root: Annotated[Path, typer.Argument(help="Run folder, sta
     if len(report.problems) > 50:
         typer.echo(f"... and {len(report.problems) - 50} more problems", err=True)
     if not report.ok:
-        typer.echo(f"INVALID: {len(report.problems)} problem(s) in {report.files} file(s)", err=True)
+        typer.echo(
+            f"INVALID: {len(report.problems)} problem(s) in {report.files} file(s)", err=True
+        )
         raise typer.Exit(1)
     typer.echo(f"OK: {report.files} manifest file(s), {report.rows} rows")
 

@@ -135,7 +135,9 @@ def resolve_pipeline_path(name_or_path: str) -> Path:
     bundled = PIPELINES_DIR / f"{name_or_path}.yaml"
     if not bundled.is_file():
         names = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown pipeline {name_or_path!r}: use a YAML path or one of {', '.join(names)}")
+        raise ConfigError(
+            f"unknown pipeline {name_or_path!r}: use a YAML path or one of {', '.join(names)}"
+        )
     return bundled
 
 
@@ -211,8 +213,12 @@ def source_from_input(spec: str) -> SourceConfig:
     """``--input``: ``folder:PATH`` for an image tree, else Parquet file(s)/folder/glob."""
     if spec.startswith("folder:"):
         path = spec.removeprefix("folder:")
-        return SourceConfig(name=Path(path).name or "folder", kind="folder", path=[str(Path(path).resolve())])
-    return SourceConfig(name="input", kind="laion", path=[str(Path(spec).resolve()) if "://" not in spec else spec])
+        return SourceConfig(
+            name=Path(path).name or "folder", kind="folder", path=[str(Path(path).resolve())]
+        )
+    return SourceConfig(
+        name="input", kind="laion", path=[str(Path(spec).resolve()) if "://" not in spec else spec]
+    )
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -16,7 +16,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_folder(folder: str | Path, handler: type[SimpleHTTPRequestHandler] = _QuietHandler) -> Iterator[str]:
+def serve_folder(
+    folder: str | Path, handler: type[SimpleHTTPRequestHandler] = _QuietHandler
+) -> Iterator[str]:
     """Serve ``folder`` on 127.0.0.1 (a free port) for the ``with`` block; yields the base URL."""
     bound = functools.partial(handler, directory=str(folder))
     server = ThreadingHTTPServer(("127.0.0.1", 0), bound)

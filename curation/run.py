@@ -62,7 +62,9 @@ def run_pipeline(
                 "command": sys.argv,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": _versions(),
-                "stages": {s.stage: {"seconds": round(s.seconds, 3), "counts": s.counts} for s in summaries},
+                "stages": {
+                    s.stage: {"seconds": round(s.seconds, 3), "counts": s.counts} for s in summaries
+                },
             },
         )
     return summaries

@@ -72,10 +72,18 @@ def read_url_list(src: SourceConfig) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _normalise(table: pa.Table, src: SourceConfig, url_col: str, path: Path, seen: set[str]) -> pa.Table:
+def _normalise(
+    table: pa.Table, src: SourceConfig, url_col: str, path: Path, seen: set[str]
+) -> pa.Table:
     named = {
         url_col,
-        *(c for c in (_column(table, n) for n in (src.caption_col or "", src.width_col, src.height_col)) if c),
+        *(
+            c
+            for c in (
+                _column(table, n) for n in (src.caption_col or "", src.width_col, src.height_col)
+            )
+            if c
+        ),
         *(c for c in (_column(table, n) for n in _FLOAT_COLUMNS) if c),
     }
     cap = _column(table, src.caption_col) if src.caption_col else None
@@ -88,7 +96,9 @@ def _normalise(table: pa.Table, src: SourceConfig, url_col: str, path: Path, see
         try:
             return table[col].cast(typ, safe=False).combine_chunks()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputError(f"input {path}: column {col!r} cannot be read as {typ} ({exc})") from None
+            raise InputError(
+                f"input {path}: column {col!r} cannot be read as {typ} ({exc})"
+            ) from None
 
     urls = as_type(url_col, pa.string()).to_pylist()
     others = [c for c in table.column_names if c not in named]
@@ -100,7 +110,11 @@ def _normalise(table: pa.Table, src: SourceConfig, url_col: str, path: Path, see
             seen.add(url)
         # Later copies of a URL (and rows without one) get a key from their position, so every
         # input row keeps its own manifest row.
-        keys.append(sample_key(src.name, url) if first else sample_key(src.name, url or "", str(path), str(i)))
+        keys.append(
+            sample_key(src.name, url)
+            if first
+            else sample_key(src.name, url or "", str(path), str(i))
+        )
         dup.append(url is not None and not first)
     columns = {
         "key": pa.array(keys, pa.string()),
@@ -110,7 +124,10 @@ def _normalise(table: pa.Table, src: SourceConfig, url_col: str, path: Path, see
         "meta_width": as_type(wcol, pa.int64()),
         "meta_height": as_type(hcol, pa.int64()),
         **{c: as_type(_column(table, c), pa.float64()) for c in _FLOAT_COLUMNS},
-        "extra": pa.array([json.dumps(r, default=str, sort_keys=True) if r else None for r in extra_rows], pa.string()),
+        "extra": pa.array(
+            [json.dumps(r, default=str, sort_keys=True) if r else None for r in extra_rows],
+            pa.string(),
+        ),
         "_missing_url": pa.array([u is None or not u.strip() for u in urls], pa.bool_()),
         "_duplicate_url": pa.array(dup, pa.bool_()),
     }

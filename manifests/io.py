@@ -44,7 +44,9 @@ def conform(table: pa.Table, kind: str) -> pa.Table:
     for name in extra:
         columns[name] = table[name]
     fields = list(schema) + [table.schema.field(n) for n in extra]
-    return pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields, metadata=schema.metadata))
+    return pa.Table.from_arrays(
+        list(columns.values()), schema=pa.schema(fields, metadata=schema.metadata)
+    )
 
 
 def table_from_rows(rows: list[dict], kind: str) -> pa.Table:

@@ -41,10 +41,9 @@ IMAGE_FIELDS: list[pa.Field] = [
     pa.field("width", pa.int64()),  # as decoded
     pa.field("height", pa.int64()),
     pa.field("bytes", pa.int64()),  # size of the stored image file
-    pa.field("sha256", pa.string()),  # of the stored image bytes
-    pa.field("reencoded", pa.bool_()),  # stored bytes differ from the fetched ones
-    pa.field("shard", pa.string()),  # tar path relative to the run dir
-    pa.field("sample_key", pa.string()),  # member name (without extension) inside the tar
+    pa.field("sha256", pa.string()),  # of the stored image bytes (the original bytes)
+    pa.field("format", pa.string()),  # file extension of the real format: jpg, png, webp...
+    pa.field("shard", pa.string()),  # tar holding <key>.<format>, relative to this file
     pa.field("pwatermark", pa.float64()),
     pa.field("punsafe", pa.float64()),
     pa.field("similarity", pa.float64()),
@@ -91,7 +90,9 @@ IN_SHARD = {"downloaded", "scored", "kept"}
 def base_schema(kind: str) -> pa.Schema:
     """The fixed columns of a manifest kind, stamped with kind and version."""
     fields = {IMAGE: IMAGE_FIELDS, PATCH: PATCH_FIELDS}[kind]
-    return pa.schema(fields, metadata={META_KIND: kind.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
+    return pa.schema(
+        fields, metadata={META_KIND: kind.encode(), META_VERSION: str(SCHEMA_VERSION).encode()}
+    )
 
 
 def schema_with_scores(kind: str, metrics: list[str]) -> pa.Schema:

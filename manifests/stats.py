@@ -42,7 +42,9 @@ def format_stats(stats: dict) -> str:
     """A plain-text table of :func:`manifest_stats` output."""
     lines = []
     for group, info in stats["groups"].items():
-        lines.append(f"{group}  ({info['kind']} manifest, {info['files']} files, {info['rows']} rows)")
+        lines.append(
+            f"{group}  ({info['kind']} manifest, {info['files']} files, {info['rows']} rows)"
+        )
         for c in info["counts"]:
             reason = c["reason"] or ""
             lines.append(f"  {c['stage']:<10} {c['status']:<12} {reason:<28} {c['count']:>8}")

@@ -42,7 +42,9 @@ def check_table(table: pa.Table, kind: str, where: str, base_dir: Path | None) -
             continue
         col = table[expected.name]
         if col.type != expected.type:
-            problems.append(f"{where}: column {expected.name!r} is {col.type}, expected {expected.type}")
+            problems.append(
+                f"{where}: column {expected.name!r} is {col.type}, expected {expected.type}"
+            )
         if not expected.nullable and col.null_count:
             problems.append(f"{where}: column {expected.name!r} has {col.null_count} nulls")
     for name in table.column_names:

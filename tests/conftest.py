@@ -39,4 +39,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def demo_photos() -> list[Path]:
     """The real bundled photos (1024 px short side), sorted."""
-    return sorted(p for p in DEMO_WWW.iterdir() if p.suffix in (".jpg", ".png") and p.stat().st_size > 100_000)
+    return sorted(
+        p for p in DEMO_WWW.iterdir() if p.suffix in (".jpg", ".png") and p.stat().st_size > 100_000
+    )

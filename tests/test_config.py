@@ -15,8 +15,12 @@ def test_bundled_pipelines_load():
 
 
 def test_set_overrides_any_field():
-    cfg = load_pipeline("demo", ["download.min_side=512", "filter.max_niqe=6.5", "sources.0.name=x"])
-    assert cfg.download.min_side == 512 and cfg.filter.max_niqe == 6.5 and cfg.sources[0].name == "x"
+    cfg = load_pipeline(
+        "demo", ["download.min_side=512", "filter.max_niqe=6.5", "sources.0.name=x"]
+    )
+    assert (
+        cfg.download.min_side == 512 and cfg.filter.max_niqe == 6.5 and cfg.sources[0].name == "x"
+    )
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 
 import pyarrow as pa
@@ -16,9 +17,18 @@ from tests.images import encode, png_16bit, png_header_only, textured
 
 
 def _row(url, w=400, h=400, **kw):
-    return {"URL": url, "TEXT": kw.pop("text", "a caption"), "WIDTH": w, "HEIGHT": h,
-            "similarity": 0.3, "pwatermark": kw.pop("pwatermark", 0.1), "punsafe": 0.0,
-            "hash": 1, "LANGUAGE": "en", "custom_col": kw.pop("custom", "x")}
+    return {
+        "URL": url,
+        "TEXT": kw.pop("text", "a caption"),
+        "WIDTH": w,
+        "HEIGHT": h,
+        "similarity": 0.3,
+        "pwatermark": kw.pop("pwatermark", 0.1),
+        "punsafe": 0.0,
+        "hash": 1,
+        "LANGUAGE": "en",
+        "custom_col": kw.pop("custom", "x"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +46,27 @@ def fetched(tmp_path_factory):
         for i in range(5):
             add(_row(srv.add(f"ok{i}.jpg", encode(textured(320, 300, i)))), "downloaded")
         add(_row(srv.add("gray.jpg", encode(textured(300, 300, 7), mode="L"))), "downloaded")
-        add(_row(srv.add("rgba.png", encode(textured(300, 300, 8), "PNG", mode="RGBA"))), "downloaded")
-        add(_row(srv.add("palette.png", encode(textured(300, 300, 9), "PNG", mode="P"))), "downloaded")
+        add(
+            _row(srv.add("rgba.png", encode(textured(300, 300, 8), "PNG", mode="RGBA"))),
+            "downloaded",
+        )
+        add(
+            _row(srv.add("palette.png", encode(textured(300, 300, 9), "PNG", mode="P"))),
+            "downloaded",
+        )
         add(_row(srv.add("deep.png", png_16bit(textured(300, 300, 10)))), "downloaded")
         add(_row(f"{srv.base}/404/x.jpg"), "failed", "http_404")
-        add(_row(f"{srv.base}/html/x.jpg"), "failed", "decode_error")
+        add(_row(f"{srv.base}/html/x.jpg"), "failed", "not_an_image")
         add(_row(f"{srv.base}/empty/x.jpg"), "failed", "empty_body")
-        add(_row(srv.add("trunc.jpg", jpg[: len(jpg) // 4])), "failed", "decode_error")
+        # the header is intact: kept here, the score stage's decode records the truncation
+        add(_row(srv.add("trunc.jpg", jpg[: len(jpg) // 4])), "downloaded")
         add(_row(f"{srv.base}/slow/4/x.jpg"), "failed", "timeout")
         add(_row(srv.add("bomb.png", png_header_only(60000, 60000))), "rejected", "too_many_pixels")
-        add(_row(srv.add("tiny.jpg", encode(textured(200, 150))), w=400, h=400), "rejected", "too_small")
+        add(
+            _row(srv.add("tiny.jpg", encode(textured(200, 150))), w=400, h=400),
+            "rejected",
+            "too_small",
+        )
         add(_row(srv.add("thumb.jpg", jpg), w=100, h=90), "prefiltered", "too_small_declared")
         add(_row(srv.base + "/img/ok0.jpg"), "prefiltered", "duplicate_url")
         add(_row(None), "prefiltered", "missing_url")
@@ -54,12 +75,21 @@ def fetched(tmp_path_factory):
 
         table = pa.Table.from_pylist(rows)
         pq.write_table(table, tmp / "urls.parquet")
-        cfg = PipelineConfig.model_validate({
-            "name": "t",
-            "sources": [{"name": "web", "kind": "laion", "path": [str(tmp / "urls.parquet")]}],
-            "download": {"min_side": 256, "max_pwatermark": 0.8, "samples_per_shard": 5,
-                         "processes": 1, "threads": 4, "timeout_s": 1, "max_image_pixels": 10_000_000},
-        })
+        cfg = PipelineConfig.model_validate(
+            {
+                "name": "t",
+                "sources": [{"name": "web", "kind": "laion", "path": [str(tmp / "urls.parquet")]}],
+                "download": {
+                    "min_side": 256,
+                    "max_pwatermark": 0.8,
+                    "samples_per_shard": 5,
+                    "processes": 1,
+                    "threads": 4,
+                    "timeout_s": 1,
+                    "max_image_pixels": 10_000_000,
+                },
+            }
+        )
         run_dir = tmp / "run"
         DownloadStage(cfg, run_dir, log=lambda *_: None).run()
         yield run_dir, cfg, rows, expected, srv
@@ -75,7 +105,10 @@ def test_every_row_accounted_for(fetched):
     for i, row in enumerate(rows):
         status, reason = expected[i]
         candidates = by_url[row["URL"] or ""]
-        assert any(c["status"] == status and c["reason"] == reason for c in candidates), (row["URL"], candidates)
+        assert any(c["status"] == status and c["reason"] == reason for c in candidates), (
+            row["URL"],
+            candidates,
+        )
     assert len({r["key"] for r in manifest}) == len(rows)
 
 
@@ -83,17 +116,18 @@ def test_downloaded_rows_point_at_their_bytes(fetched):
     run_dir, *_ = fetched
     manifest = read_manifest(run_dir / "download", "image").to_pylist()
     ok = [r for r in manifest if r["status"] == "downloaded"]
-    assert len(ok) == 9
+    assert len(ok) == 10
     for r in ok:
+        name = r["url"].rsplit("/", 1)[1]
         tar = run_dir / "download" / "web" / r["shard"]
         with tarfile.open(tar) as tf:
-            names = tf.getnames()
-        assert f"{r['sample_key']}.jpg" in names
-        assert r["width"] >= 256 and r["height"] >= 256 and r["bytes"] > 0 and len(r["sha256"]) == 64
+            stored = tf.extractfile(f"{r['key']}.{r['format']}").read()
+        # original bytes of every format, as served
+        assert stored == fetched[4].files[name]
+        assert hashlib.sha256(stored).hexdigest() == r["sha256"] and r["bytes"] == len(stored)
+        assert r["width"] >= 256 and r["height"] >= 256
         assert r["caption"] == "a caption" and '"custom_col": "x"' in r["extra"]
-    by_name = {r["url"].rsplit("/", 1)[1]: r for r in ok}
-    assert by_name["ok0.jpg"]["reencoded"] is False  # JPEG bytes kept as they came
-    assert by_name["rgba.png"]["reencoded"] is True  # img2dataset turns other formats into JPEG
+    assert {r["format"] for r in ok} == {"jpg", "png"}
     failed = [r for r in manifest if r["status"] == "failed"]
     assert all(r["error"] for r in failed)
 
@@ -132,7 +166,11 @@ def test_rerun_after_deleting_a_shard_redoes_only_that_shard(fetched):
 
 def _members(tar_path):
     with tarfile.open(tar_path) as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf if m.isfile() and not m.name.endswith(".json")}
+        return {
+            m.name: tf.extractfile(m).read()
+            for m in tf
+            if m.isfile() and not m.name.endswith(".json")
+        }
 
 
 def test_changed_settings_refuse_to_mix_runs(fetched):

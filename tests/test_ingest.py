@@ -23,23 +23,28 @@ def test_folder_tree_ingests_with_every_file_accounted(tmp_path):
     (root / "fake.jpg").write_text("not an image")
     (root / "bomb.png").write_bytes(png_header_only(50000, 50000))
     (root / "README.txt").write_text("ignored: not an image")
-    cfg = PipelineConfig.model_validate({
-        "name": "f",
-        "sources": [{"name": "div2k", "kind": "folder", "path": [str(root)]}],
-        "download": {"min_side": 256, "samples_per_shard": 3, "max_image_pixels": 10_000_000},
-    })
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "f",
+            "sources": [{"name": "div2k", "kind": "folder", "path": [str(root)]}],
+            "download": {"min_side": 256, "samples_per_shard": 3, "max_image_pixels": 10_000_000},
+        }
+    )
     run_dir = tmp_path / "run"
     logs = []
     DownloadStage(cfg, run_dir, log=logs.append).run()
     assert any("ignored 1 file" in line for line in logs)
-    rows = {r["url"].rsplit("/", 1)[1]: r for r in read_manifest(run_dir / "download", "image").to_pylist()}
+    rows = {
+        r["url"].rsplit("/", 1)[1]: r
+        for r in read_manifest(run_dir / "download", "image").to_pylist()
+    }
     assert len(rows) == 8
     for name in ("0001.png", "0002.jpg", "0003.png", "0004.png"):
-        assert rows[name]["status"] == "downloaded" and rows[name]["reencoded"] is False
+        assert rows[name]["status"] == "downloaded"
     assert rows["small.jpg"]["reason"] == "too_small"
     assert rows["bomb.png"]["reason"] == "too_many_pixels"
-    assert rows["trunc.jpg"]["status"] == "failed" and rows["trunc.jpg"]["error"].startswith("decode_error")
-    assert rows["fake.jpg"]["status"] == "failed"
+    assert rows["trunc.jpg"]["status"] == "downloaded"  # header intact: the score stage decodes it
+    assert rows["fake.jpg"]["status"] == "failed" and rows["fake.jpg"]["reason"] == "not_an_image"
     assert validate(run_dir).ok
     # original bytes are kept, under the manifest key, with the real format's extension
     r = rows["0001.png"]

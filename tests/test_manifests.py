@@ -10,9 +10,31 @@ from manifests.schema import META_VERSION
 
 def _rows():
     return [
-        {"key": "a", "source": "s", "url": "u1", "stage": "download", "status": "downloaded", "shard": "00000.tar"},
-        {"key": "b", "source": "s", "url": "u2", "stage": "download", "status": "prefiltered", "reason": "too_small_declared"},
-        {"key": "c", "source": "s", "url": "u3", "stage": "download", "status": "failed", "reason": "http_404", "error": "HTTP Error 404"},
+        {
+            "key": "a",
+            "source": "s",
+            "url": "u1",
+            "stage": "download",
+            "status": "downloaded",
+            "shard": "00000.tar",
+        },
+        {
+            "key": "b",
+            "source": "s",
+            "url": "u2",
+            "stage": "download",
+            "status": "prefiltered",
+            "reason": "too_small_declared",
+        },
+        {
+            "key": "c",
+            "source": "s",
+            "url": "u3",
+            "stage": "download",
+            "status": "failed",
+            "reason": "http_404",
+            "error": "HTTP Error 404",
+        },
     ]
 
 
@@ -25,7 +47,11 @@ def test_round_trip_and_validate(tmp_path):
     assert report.ok, report.problems
     stats = manifest_stats(tmp_path)
     counts = {(c["status"], c["reason"]): c["count"] for c in stats["groups"]["."]["counts"]}
-    assert counts == {("downloaded", None): 1, ("prefiltered", "too_small_declared"): 1, ("failed", "http_404"): 1}
+    assert counts == {
+        ("downloaded", None): 1,
+        ("prefiltered", "too_small_declared"): 1,
+        ("failed", "http_404"): 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -44,15 +44,22 @@ class DownloadStage:
         summary = StageSummary(self.name)
         for src in self.cfg.sources:
             dest = self.out / src.name
-            settings = {"source": src.model_dump(mode="json"), "download": self.cfg.download.model_dump(mode="json")}
-            check_fingerprint(dest / "_work" / "settings.json", settings, f"a download of source {src.name!r}")
+            settings = {
+                "source": src.model_dump(mode="json"),
+                "download": self.cfg.download.model_dump(mode="json"),
+            }
+            check_fingerprint(
+                dest / "_work" / "settings.json", settings, f"a download of source {src.name!r}"
+            )
             if src.kind == "laion":
                 expected = self._run_url_list(src, dest)
             else:
                 expected = self._run_folder(src, dest)
             counts = count_statuses(dest)
             if sum(counts.values()) != expected:
-                raise AccountingError(f"source {src.name}: {expected} input rows but {sum(counts.values())} manifest rows")
+                raise AccountingError(
+                    f"source {src.name}: {expected} input rows but {sum(counts.values())} manifest rows"
+                )
             for k, n in counts.items():
                 summary.counts[k] = summary.counts.get(k, 0) + n
         summary.seconds = time.perf_counter() - start
@@ -64,13 +71,19 @@ class DownloadStage:
         public = rows.select([c for c in rows.column_names if not c.startswith("_")])
         dropped = pc.is_valid(reasons)
         removed = public.filter(dropped)
-        removed = removed.append_column("stage", pa.array(["download"] * removed.num_rows, pa.string()))
-        removed = removed.append_column("status", pa.array(["prefiltered"] * removed.num_rows, pa.string()))
+        removed = removed.append_column(
+            "stage", pa.array(["download"] * removed.num_rows, pa.string())
+        )
+        removed = removed.append_column(
+            "status", pa.array(["prefiltered"] * removed.num_rows, pa.string())
+        )
         removed = removed.append_column("reason", reasons.filter(dropped))
         write_manifest(removed, dest / PREFILTERED, IMAGE)
 
         to_fetch = public.filter(pc.invert(dropped))
-        self.log(f"[download] {src.name}: {rows.num_rows} rows, {removed.num_rows} prefiltered, {to_fetch.num_rows} to fetch")
+        self.log(
+            f"[download] {src.name}: {rows.num_rows} rows, {removed.num_rows} prefiltered, {to_fetch.num_rows} to fetch"
+        )
         if to_fetch.num_rows:
             work = dest / "_work"
             raw = work / "img2dataset"
@@ -79,17 +92,28 @@ class DownloadStage:
             with server as base_url:
                 urls = to_fetch["url"].to_pylist()
                 if base_url:
-                    urls = [base_url + u[len(src.serve_prefix) :] if u.startswith(src.serve_prefix) else u for u in urls]
+                    urls = [
+                        base_url + u[len(src.serve_prefix) :]
+                        if u.startswith(src.serve_prefix)
+                        else u
+                        for u in urls
+                    ]
                 # Rewritten on every run (the demo server's port changes); the rows and their
                 # order do not, so img2dataset's shard numbering is stable across reruns.
-                fetch = pa.table({"url": urls, "caption": to_fetch["caption"], "curate_key": to_fetch["key"]})
+                fetch = pa.table(
+                    {"url": urls, "caption": to_fetch["caption"], "curate_key": to_fetch["key"]}
+                )
                 work.mkdir(parents=True, exist_ok=True)
                 pq.write_table(fetch, fetch_list)
                 reset_unpublished(raw, dest)
-                if not _all_published(raw, dest, to_fetch.num_rows, self.cfg.download.samples_per_shard):
-                    run_img2dataset(fetch_list, raw, self.cfg.download, self.address, work / "img2dataset.log")
+                if not _all_published(
+                    raw, dest, to_fetch.num_rows, self.cfg.download.samples_per_shard
+                ):
+                    run_img2dataset(
+                        fetch_list, raw, self.cfg.download, self.address, work / "img2dataset.log"
+                    )
             inputs = {r["key"]: r for r in to_fetch.to_pylist()}
-            new = publish_shards(raw, dest, inputs, dest)
+            new = publish_shards(raw, dest, inputs, self.cfg.download)
             self.log(f"[download] {src.name}: published {len(new)} new shard(s)")
         return rows.num_rows
 

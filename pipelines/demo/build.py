@@ -47,7 +47,9 @@ def main() -> None:
         )
 
     for p in photos:
-        row(p["file"], f"a photo ({p['license'].split(' (')[0]})", int(p["width"]), int(p["height"]))
+        row(
+            p["file"], f"a photo ({p['license'].split(' (')[0]})", int(p["width"]), int(p["height"])
+        )
     row("missing.jpg", "gone from the server (404)", 2048, 1536)
     row("not-an-image.jpg", "an HTML page instead of a JPEG", 2048, 1536)
     row("small.jpg", "declares 2048x1536 but is 320x240", 2048, 1536)
