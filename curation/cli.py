@@ -61,9 +61,11 @@ def run(
     _hygiene()
     from curation.config import ConfigError, load_pipeline, source_from_input
     from curation.fetch import FetchError
+    from curation.metrics.registry import UnknownMetricError
     from curation.run import STAGES, format_summary, run_pipeline
     from curation.sources import InputError
     from curation.stages.base import RunDirError
+    from curation.stages.score import ScoreConfigError
     from manifests import ManifestError
 
     if stage != "all" and stage not in STAGES:
@@ -77,12 +79,73 @@ def run(
         run_dir = output or Path("runs") / cfg.name
         stages = list(STAGES) if stage == "all" else [stage]
         summaries = run_pipeline(cfg, run_dir, stages, address=cfg.ray.address)
-    except (ConfigError, InputError, RunDirError, ManifestError) as exc:
+    except (
+        ConfigError,
+        InputError,
+        RunDirError,
+        ManifestError,
+        ScoreConfigError,
+        UnknownMetricError,
+    ) as exc:
         _fail(str(exc))
     except FetchError as exc:
         _fail(str(exc), code=1)
     typer.echo(format_summary(summaries))
     typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def score(
+    files: Annotated[list[Path], typer.Argument(help="Image files to score.")],
+    metrics: Annotated[str, typer.Option(help="Comma list of metrics.")] = "niqe,brisque,nima",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="Folder holding metric weights files.")
+    ] = None,
+    nima_checkpoint: Annotated[Path | None, typer.Option(help="NIMA checkpoint file.")] = None,
+    allow_download: Annotated[
+        bool, typer.Option(help="Let pyiqa download missing weights.")
+    ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads. BRISQUE runs in float32: scores match the score stage at equal threads."
+        ),
+    ] = 1,
+) -> None:
+    """Score image files with NIQE / BRISQUE / NIMA (lower NIQE/BRISQUE and higher NIMA is better)."""
+    _hygiene()
+    import torch
+
+    torch.set_num_threads(threads)
+    from curation.metrics.loader import MissingWeightsError
+    from curation.metrics.registry import UnknownMetricError
+    from curation.scoring import score_files
+
+    try:
+        records = score_files(
+            files,
+            metrics,
+            device,
+            weights_dir=weights_dir,
+            nima_checkpoint=nima_checkpoint,
+            allow_download=allow_download,
+        )
+    except (MissingWeightsError, UnknownMetricError, ValueError) as exc:
+        _fail(str(exc))
+    failed = 0
+    for rec in records:
+        if as_json:
+            typer.echo(json.dumps(rec, sort_keys=True))
+        elif "scores" in rec:
+            scores = "  ".join(f"{k}={v:.4f}" for k, v in rec["scores"].items())
+            typer.echo(f"{rec['path']}  {rec['width']}x{rec['height']}  {scores}")
+        else:
+            typer.echo(f"{rec['path']}  {rec['reason']}: {rec['error']}")
+        failed += "scores" not in rec
+    if failed:
+        raise typer.Exit(1)
 
 
 @manifest_app.command("validate")

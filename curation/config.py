@@ -70,14 +70,23 @@ class DownloadConfig(_Strict):
 
 
 class ScoreConfig(_Strict):
+    """Quality scoring with pyiqa, one model load per Ray worker."""
+
     metrics: list[str] = ["niqe", "brisque", "nima"]
+    #: auto: a GPU per worker when the Ray cluster has GPUs, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: When true the run refuses to start unless every metric's weights are present.
+    #: True: refuse to start unless every metric's weights are present. False: score with the
+    #: metrics whose weights exist and say loudly which were left out.
     require_all_metrics: bool = True
     cascade: bool = False
     weights_dir: str | None = None
     nima_checkpoint: str | None = None
     allow_download: bool = False
+    #: Larger images are rejected (too_many_pixels): NIQE needs ~0.4 GB per megapixel on CPU.
+    max_pixels: int = Field(36_000_000, ge=1)
+    #: CPU workers; None: one per ``threads_per_worker`` CPUs the cluster reports.
+    workers: int | None = Field(None, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
 
 
 class FilterConfig(_Strict):
@@ -200,6 +209,9 @@ def load_pipeline(name_or_path: str = "demo", overrides: list[str] | None = None
         src.path = [_absolute(p, base) for p in src.path]
         if src.serve:
             src.serve = _absolute(src.serve, base)
+    for attr in ("weights_dir", "nima_checkpoint"):
+        if getattr(cfg.score, attr):
+            setattr(cfg.score, attr, _absolute(getattr(cfg.score, attr), base))
     return cfg
 
 

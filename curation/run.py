@@ -37,6 +37,10 @@ def stage_class(name: str):
         from curation.stages.download import DownloadStage
 
         return DownloadStage
+    if name == "score":
+        from curation.stages.score import ScoreStage
+
+        return ScoreStage
     raise StageUnavailable(f"stage {name!r} is not available yet in this version of curate")
 
 
@@ -44,9 +48,24 @@ def run_pipeline(
     cfg: PipelineConfig, run_dir: Path, stages: list[str], address: str | None = None, log=print
 ) -> list[StageSummary]:
     """Run ``stages`` in order; stops at the first unavailable stage (reported, not an error)."""
+    if "score" in stages:
+        # Refuse before downloading anything when the scoring setup cannot run.
+        from curation.stages.score import available_metrics
+
+        available_metrics(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     summaries: list[StageSummary] = []
+    try:
+        _run_stages(cfg, run_dir, stages, address, log, summaries)
+    finally:
+        from curation.ray_runtime import shutdown_ray
+
+        shutdown_ray()
+    return summaries
+
+
+def _run_stages(cfg, run_dir, stages, address, log, summaries) -> None:
     for name in stages:
         try:
             cls = stage_class(name)

@@ -44,6 +44,7 @@ IMAGE_FIELDS: list[pa.Field] = [
     pa.field("sha256", pa.string()),  # of the stored image bytes (the original bytes)
     pa.field("format", pa.string()),  # file extension of the real format: jpg, png, webp...
     pa.field("shard", pa.string()),  # tar holding <key>.<format>, relative to this file
+    pa.field("decode_info", pa.string()),  # JSON: how the score stage decoded it (mode, bits...)
     pa.field("pwatermark", pa.float64()),
     pa.field("punsafe", pa.float64()),
     pa.field("similarity", pa.float64()),

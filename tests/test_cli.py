@@ -79,6 +79,7 @@ def test_other_settings_in_same_output_are_refused(demo_run):
         (["run", "--input", "/nonexistent/urls.parquet"], "no such file"),
         (["run", "--stage", "bogus"], "unknown stage"),
         (["run", "--set", "download.min_sid=3"], "unknown key"),
+        (["run", "--set", "score.metrics=[niqe,musiq2]"], "unknown metric"),
         (["run", "--pipeline", "nope"], "unknown pipeline"),
         (["manifest", "stats", "/nonexistent"], "no such file"),
     ],
@@ -110,3 +111,39 @@ def test_not_a_parquet_file(tmp_path):
 def test_validate_reports_invalid(tmp_path):
     proc = curate("manifest", "validate", tmp_path)
     assert proc.returncode == 1 and "no manifest" in proc.stderr
+
+
+def test_million_ird_refuses_to_start_without_all_metrics(tmp_path):
+    pq.write_table(pa.table({"URL": ["http://127.0.0.1:9/x.jpg"]}), tmp_path / "u.parquet")
+    proc = curate(
+        "run",
+        "--pipeline",
+        "million-ird",
+        "--input",
+        tmp_path / "u.parquet",
+        "--output",
+        tmp_path / "o",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "requires all of niqe, brisque, nima" in proc.stderr and "--metrics" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "download").exists()  # refused before any download
+
+
+def test_score_command(tmp_path):
+    from tests.images import encode, textured
+
+    (tmp_path / "a.jpg").write_bytes(encode(textured(200, 200)))
+    (tmp_path / "b.jpg").write_text("<html>")
+    proc = curate(
+        "score", "--metrics", "niqe,brisque", "--json", tmp_path / "a.jpg", tmp_path / "b.jpg"
+    )
+    assert proc.returncode == 1  # one file could not be scored
+    recs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert set(recs[0]["scores"]) == {"niqe", "brisque"} and recs[1]["reason"] == "decode_error"
+    proc = curate("score", "--metrics", "nima", tmp_path / "a.jpg")
+    assert (
+        proc.returncode == 2
+        and "NIMA_InceptionV2_ava" in proc.stderr
+        and "--metrics" in proc.stderr
+    )

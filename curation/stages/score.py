@@ -1,0 +1,192 @@
+"""The score stage: NIQE / BRISQUE / NIMA scores for every downloaded image, on Ray.
+
+Reads the download stage's manifests and shards; writes ``<run>/score/<source>/`` manifests,
+one per download manifest part, holding every row (so the folder is a complete account) with
+``score_<metric>`` columns. Downloaded images become ``scored``, or ``failed`` / ``rejected``
+with the reason (decode error, too small for a metric, out of memory, too many pixels).
+
+One actor per worker loads the models once. Workers ask for a GPU only when the cluster has
+one (asking for a GPU that does not exist waits forever) and fractional CPUs otherwise (whole
+CPUs for every worker stalled on 2-core machines). The shard is the unit of work and of resume:
+a manifest part that exists is not scored again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curation.config import PipelineConfig
+from curation.stages.base import StageSummary, check_fingerprint
+from curation.stages.download import count_statuses
+from manifests import IMAGE, find_manifests, write_manifest
+
+
+class ScoreConfigError(ValueError):
+    """The scoring setup cannot run (e.g. weights missing while all metrics are required)."""
+
+
+def available_metrics(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
+    """(metrics that can run, metrics left out because their weights are missing).
+
+    Raises ScoreConfigError (with the loader's how-to-fix message) when a metric is missing
+    and the pipeline requires all of them.
+    """
+    from curation.metrics.loader import find_weights
+    from curation.metrics.registry import parse_metrics
+
+    sc = cfg.score
+    specs = parse_metrics(sc.metrics)
+    if sc.allow_download:
+        return [s.name for s in specs], []
+    missing = [
+        s
+        for s in specs
+        if s.weights_file
+        and find_weights(s, weights_dir=sc.weights_dir, nima_checkpoint=sc.nima_checkpoint) is None
+    ]
+    if missing and sc.require_all_metrics:
+        from curation.metrics.loader import _missing
+
+        others = [s.name for s in specs if s not in missing]
+        msg = str(_missing(missing[0], sc.weights_dir, sc.nima_checkpoint, others))
+        raise ScoreConfigError(
+            f"pipeline {cfg.name!r} requires all of {', '.join(sc.metrics)} (score.require_all_metrics): {msg}"
+        )
+    return [s.name for s in specs if s not in missing], [s.name for s in missing]
+
+
+class ScoreStage:
+    name = "score"
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None = None, log=print):
+        self.cfg, self.run_dir, self.address, self.log = cfg, run_dir, address, log
+        self.inp, self.out = run_dir / "download", run_dir / "score"
+
+    def run(self) -> StageSummary:
+        start = time.perf_counter()
+        summary = StageSummary(self.name)
+        metrics, left_out = available_metrics(self.cfg)
+        if not self.inp.is_dir():
+            raise ScoreConfigError(f"{self.inp} does not exist: run the download stage first")
+        if left_out:
+            note = (
+                f"NOT SCORED WITH {', '.join(m.upper() for m in left_out)}: weights missing; "
+                f"scores use {', '.join(metrics)} only (see README, 'Quality scoring')"
+            )
+            summary.notes.append(note)
+            self.log(f"[score] WARNING: {note}")
+        if not metrics:
+            raise ScoreConfigError(
+                "no metric can run: every requested metric's weights are missing"
+            )
+        settings = {
+            "metrics": metrics,
+            "max_pixels": self.cfg.score.max_pixels,
+            "cascade": self.cfg.score.cascade,
+        }
+        check_fingerprint(self.out / "_work" / "settings.json", settings, "scores")
+
+        parts = find_manifests(self.inp, IMAGE)
+        todo, carried = [], 0
+        for part in parts:
+            dest = self.out / part.relative_to(self.inp)
+            if dest.exists():
+                continue
+            rows = pq.read_table(part).to_pylist()
+            to_score = [r for r in rows if r["status"] == "downloaded"]
+            if to_score:
+                todo.append((part, dest, rows, to_score))
+            else:  # nothing to score (e.g. prefiltered rows): carry the rows over
+                self._write(part, dest, rows, {}, metrics)
+                carried += 1
+        n_images = sum(len(t[3]) for t in todo)
+        self.log(
+            f"[score] {len(parts)} manifest part(s): {len(todo)} shard(s) / {n_images} image(s) to score with {', '.join(metrics)}"
+        )
+        if todo:
+            self._score_on_ray(todo, metrics)
+        for src_dir in sorted(
+            p for p in self.out.iterdir() if p.is_dir() and not p.name.startswith("_")
+        ):
+            for k, n in count_statuses(src_dir).items():
+                summary.counts[k] = summary.counts.get(k, 0) + n
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def _score_on_ray(self, todo: list, metrics: list[str]) -> None:
+        from curation.ray_runtime import ensure_ray
+        from curation.shard_scorer import ShardScorer
+
+        ray = ensure_ray(self.address)
+        sc = self.cfg.score
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        device = sc.device if sc.device != "auto" else ("cuda" if gpus else "cpu")
+        if device == "cuda" and not gpus:
+            raise ScoreConfigError("score.device is cuda but the Ray cluster reports no GPU")
+        if device == "cuda":
+            n_workers, options = gpus, {"num_gpus": 1, "num_cpus": 1}
+        else:
+            cpus = int(resources.get("CPU", os.cpu_count() or 1))
+            n_workers = sc.workers or max(1, cpus // sc.threads_per_worker)
+            # Fractional CPUs: a pool of whole-CPU actors filling every CPU stalled on 2 cores.
+            options = {"num_cpus": 0.5 * sc.threads_per_worker}
+        n_workers = max(1, min(n_workers, len(todo)))
+        self.log(f"[score] {n_workers} worker(s) on {device}")
+        actor = ray.remote(ShardScorer).options(**options)
+        workers = [
+            actor.remote(
+                metrics,
+                device=device,
+                weights_dir=sc.weights_dir,
+                nima_checkpoint=sc.nima_checkpoint,
+                allow_download=sc.allow_download,
+                max_pixels=sc.max_pixels,
+                threads=sc.threads_per_worker if device == "cpu" else None,
+            )
+            for _ in range(n_workers)
+        ]
+        pool = ray.util.ActorPool(workers)
+        jobs = [
+            (str((part.parent / rows_[0]["shard"]).resolve()), [r["key"] for r in rows_])
+            for part, _, _, rows_ in todo
+        ]
+        # map_unordered does not say which job a result belongs to; keys are unique, so the
+        # first key of a result names its shard.
+        job_of_key = {key: i for i, (_, keys) in enumerate(jobs) for key in keys}
+        done = 0
+        for results in pool.map_unordered(lambda w, job: w.score_shard.remote(*job), jobs):
+            part, dest, rows, _ = todo[job_of_key[next(iter(results))]]
+            self._write(part, dest, rows, results, metrics)
+            done += 1
+            self.log(f"[score] {done}/{len(todo)} shard(s) scored")
+        for w in workers:
+            ray.kill(w)
+
+    def _write(
+        self, part: Path, dest: Path, rows: list[dict], results: dict, metrics: list[str]
+    ) -> None:
+        out = []
+        rel_base = os.path.relpath(part.parent, dest.parent)
+        for row in rows:
+            row = dict(row)
+            if row.get("shard"):
+                row["shard"] = os.path.normpath(os.path.join(rel_base, row["shard"]))
+            for m in metrics:
+                row.setdefault(f"score_{m}", None)
+            res = results.get(row["key"])
+            if res is not None:
+                row["stage"] = "score"
+                row.update({k: res[k] for k in ("width", "height", "decode_info") if k in res})
+                for m, v in res.get("scores", {}).items():
+                    row[f"score_{m}"] = float(v)
+                if "status" in res:
+                    row.update(status=res["status"], reason=res["reason"], error=res["error"])
+                else:
+                    row["status"] = "scored"
+            out.append(row)
+        write_manifest(out, dest, IMAGE)
