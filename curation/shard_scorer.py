@@ -25,14 +25,21 @@ class ShardScorer:
         allow_download: bool = False,
         max_pixels: int,
         threads: int | None = None,
+        cascade: dict[str, tuple[str, float]] | None = None,
     ):
+        """``cascade``: metric -> ("max" | "min", threshold). When given, metrics run cheapest
+        first and the rest are skipped once an image fails a threshold: the image is rejected
+        by the filter anyway, so the selection is the same as with full scoring."""
         import torch
 
         from curation.metrics.loader import MetricSet
+        from curation.metrics.registry import get_spec
 
         if threads:
             torch.set_num_threads(threads)
         self.max_pixels = max_pixels
+        self.cascade = cascade
+        self.order = sorted(metrics, key=lambda m: get_spec(m).cpu_seconds_1024)
         self.metrics = MetricSet(
             metrics,
             device=device,
@@ -76,7 +83,7 @@ class ShardScorer:
                     "decode_info": json.dumps(dict(image.info), sort_keys=True),
                 }
                 try:
-                    result["scores"] = self.metrics.score(image.rgb)
+                    result.update(self._score(image.rgb))
                 except ScoringError as exc:
                     result.update(status="failed", reason=exc.reason, error=str(exc))
                 results[key] = result
@@ -87,3 +94,17 @@ class ShardScorer:
                 "error": f"{key} not in {tar_path}",
             }
         return results
+
+    def _score(self, rgb) -> dict[str, Any]:
+        if not self.cascade:
+            return {"scores": self.metrics.score(rgb)}
+        scores: dict[str, float] = {}
+        for i, name in enumerate(self.order):
+            scores.update(self.metrics.score(rgb, [name]))
+            if name in self.cascade:
+                op, threshold = self.cascade[name]
+                failed = scores[name] > threshold if op == "max" else scores[name] < threshold
+                skipped = self.order[i + 1 :]
+                if failed and skipped:
+                    return {"scores": scores, "reason": "cascade_skipped_" + "_".join(skipped)}
+        return {"scores": scores}

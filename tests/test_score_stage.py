@@ -141,3 +141,39 @@ def test_missing_metric_is_said_loudly_when_allowed(tmp_path, scored):
     assert any("WARNING" in line and "NIMA" in line for line in logs)
     rows = read_manifest(tmp_path / "run" / "score", "image")
     assert "score_nima" not in rows.column_names and "score_brisque" in rows.column_names
+
+
+def _passes(row, thresholds) -> bool:
+    for metric, (op, t) in thresholds.items():
+        v = row[f"score_{metric}"]
+        if v is None or (v > t if op == "max" else v < t):
+            return False
+    return True
+
+
+def test_cascade_selects_exactly_what_full_scoring_selects(tmp_path, scored):
+    import shutil
+    import statistics
+
+    run_dir, cfg, *_ = scored
+    full = [r for r in read_manifest(run_dir / "score", "image").to_pylist() if r["status"] == "scored"]
+    median = {m: statistics.median(r[f"score_{m}"] for r in full) for m in ("niqe", "brisque", "nima")}
+    thresholds = {"brisque": ("max", median["brisque"]), "nima": ("min", median["nima"]), "niqe": ("max", median["niqe"])}
+    cascading = cfg.model_copy(deep=True)
+    cascading.score.cascade = True
+    cascading.filter.max_brisque, cascading.filter.min_nima = median["brisque"], median["nima"]
+    cascading.filter.max_niqe = median["niqe"]
+    shutil.copytree(run_dir / "download", tmp_path / "run" / "download")
+    ScoreStage(cascading, tmp_path / "run", log=lambda *_: None).run()
+    casc = {r["key"]: r for r in read_manifest(tmp_path / "run" / "score", "image").to_pylist()}
+    assert {r["key"] for r in full if _passes(r, thresholds)} == {
+        k for k, r in casc.items() if r["status"] == "scored" and _passes(r, thresholds)
+    }
+    skipped = [r for r in casc.values() if (r["reason"] or "").startswith("cascade_skipped_")]
+    assert skipped, "the thresholds reject some images: later metrics must have been skipped"
+    for r in skipped:
+        names = r["reason"].removeprefix("cascade_skipped_").split("_")
+        assert all(r[f"score_{m}"] is None for m in names)
+    # cheapest first: BRISQUE is always computed
+    assert all(r["score_brisque"] is not None for r in casc.values() if r["status"] == "scored")
+    assert validate(tmp_path / "run").ok

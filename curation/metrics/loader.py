@@ -246,15 +246,16 @@ class MetricSet:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def score(self, rgb: np.ndarray) -> dict[str, float]:
+    def score(self, rgb: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
         """Scores of one HxWx3 uint8 RGB image, ``{metric name: score}``.
 
-        Raises :class:`ScoringError` (with a snake_case ``reason``) when a metric cannot
-        score this image.
+        ``names`` restricts scoring to some of the loaded metrics (the cascade scores one
+        metric at a time). Raises :class:`ScoringError` (with a snake_case ``reason``) when a
+        metric cannot score this image.
         """
         _check_rgb(rgb)
-        self._check_size(rgb.shape)
-        return self._forward(rgb[None])[0]
+        self._check_size(rgb.shape, names)
+        return self._forward(rgb[None], names)[0]
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, float] | ScoringError]:
         """Scores of several images, in order; a failed image gets its ScoringError.
@@ -288,9 +289,11 @@ class MetricSet:
                         results[i] = e
         return results  # type: ignore[return-value]
 
-    def _check_size(self, shape: tuple[int, ...]) -> None:
+    def _check_size(self, shape: tuple[int, ...], names: Sequence[str] | None = None) -> None:
         height, width = shape[:2]
         for spec in self.specs:
+            if names is not None and spec.name not in names:
+                continue
             if min(height, width) < spec.min_side:
                 raise ScoringError(
                     spec.name,
@@ -298,7 +301,9 @@ class MetricSet:
                     f"{width}x{height} px; needs at least {spec.min_side} px on the short side",
                 )
 
-    def _forward(self, batch: np.ndarray) -> list[dict[str, float]]:
+    def _forward(
+        self, batch: np.ndarray, names: Sequence[str] | None = None
+    ) -> list[dict[str, float]]:
         """Run every metric on an NHWC uint8 batch -> one dict per image."""
         import torch
 
@@ -312,6 +317,8 @@ class MetricSet:
         x = x.float().div_(255.0)
         results: list[dict[str, float]] = [{} for _ in range(len(batch))]
         for name, model in self.models.items():
+            if names is not None and name not in names:
+                continue
             try:
                 with torch.inference_mode():
                     values = model(x).detach().double().flatten().cpu().tolist()

@@ -43,6 +43,8 @@ class MetricSpec:
     weights_file: str | None
     uses_gpu: bool
     min_side: int
+    #: Median CPU seconds for one 1024 px image on 2 threads (FIELD-NOTES): cascade order.
+    cpu_seconds_1024: float
     timm_backbone_in_checkpoint: bool = False
 
 
@@ -58,6 +60,7 @@ METRICS: dict[str, MetricSpec] = {
             weights_file="niqe_modelparameters.mat",
             uses_gpu=True,
             min_side=96,
+            cpu_seconds_1024=0.52,
         ),
         # BRISQUE: SVR on spatial natural-scene statistics (LIVE model).
         MetricSpec(
@@ -68,6 +71,7 @@ METRICS: dict[str, MetricSpec] = {
             weights_file="brisque_svm_weights.pth",
             uses_gpu=True,
             min_side=16,
+            cpu_seconds_1024=0.17,
         ),
         # NIMA: Inception-ResNet-v2 trained on AVA; resizes to 299 px, so any size works.
         MetricSpec(
@@ -78,6 +82,7 @@ METRICS: dict[str, MetricSpec] = {
             weights_file="NIMA_InceptionV2_ava-b0c77c00.pth",
             uses_gpu=True,
             min_side=1,
+            cpu_seconds_1024=0.25,
             timm_backbone_in_checkpoint=True,
         ),
     )

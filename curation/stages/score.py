@@ -59,6 +59,28 @@ def available_metrics(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     return [s.name for s in specs if s not in missing], [s.name for s in missing]
 
 
+def cascade_thresholds(cfg: PipelineConfig, metrics: list[str]) -> dict[str, list] | None:
+    """metric -> ["max" | "min", threshold] from the filter config, when cascade is on.
+
+    The thresholds become part of the scores' settings: changing one means rescoring in
+    cascade mode (skipped metrics were never computed), unlike full scoring.
+    """
+    if not cfg.score.cascade:
+        return None
+    f = cfg.filter
+    pairs = {
+        "niqe": ("max", f.max_niqe),
+        "brisque": ("max", f.max_brisque),
+        "nima": ("min", f.min_nima),
+    }
+    out = {m: [op, float(t)] for m, (op, t) in pairs.items() if m in metrics and t is not None}
+    if not out:
+        raise ScoreConfigError(
+            "score.cascade needs at least one filter threshold (filter.max_niqe, ...)"
+        )
+    return out
+
+
 class ScoreStage:
     name = "score"
 
@@ -83,11 +105,8 @@ class ScoreStage:
             raise ScoreConfigError(
                 "no metric can run: every requested metric's weights are missing"
             )
-        settings = {
-            "metrics": metrics,
-            "max_pixels": self.cfg.score.max_pixels,
-            "cascade": self.cfg.score.cascade,
-        }
+        cascade = cascade_thresholds(self.cfg, metrics)
+        settings = {"metrics": metrics, "max_pixels": self.cfg.score.max_pixels, "cascade": cascade}
         check_fingerprint(self.out / "_work" / "settings.json", settings, "scores")
 
         parts = find_manifests(self.inp, IMAGE)
@@ -108,7 +127,7 @@ class ScoreStage:
             f"[score] {len(parts)} manifest part(s): {len(todo)} shard(s) / {n_images} image(s) to score with {', '.join(metrics)}"
         )
         if todo:
-            self._score_on_ray(todo, metrics)
+            self._score_on_ray(todo, metrics, cascade)
         for src_dir in sorted(
             p for p in self.out.iterdir() if p.is_dir() and not p.name.startswith("_")
         ):
@@ -117,7 +136,7 @@ class ScoreStage:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _score_on_ray(self, todo: list, metrics: list[str]) -> None:
+    def _score_on_ray(self, todo: list, metrics: list[str], cascade: dict | None) -> None:
         from curation.ray_runtime import ensure_ray
         from curation.shard_scorer import ShardScorer
 
@@ -147,6 +166,7 @@ class ScoreStage:
                 allow_download=sc.allow_download,
                 max_pixels=sc.max_pixels,
                 threads=sc.threads_per_worker if device == "cpu" else None,
+                cascade=cascade,
             )
             for _ in range(n_workers)
         ]
@@ -184,6 +204,8 @@ class ScoreStage:
                 row.update({k: res[k] for k in ("width", "height", "decode_info") if k in res})
                 for m, v in res.get("scores", {}).items():
                     row[f"score_{m}"] = float(v)
+                if res.get("reason") and "status" not in res:
+                    row["reason"] = res["reason"]  # cascade: later metrics skipped
                 if "status" in res:
                     row.update(status=res["status"], reason=res["reason"], error=res["error"])
                 else:
