@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 manifest_app = typer.Typer(help="Check and summarise manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
+model_app = typer.Typer(help="The bundled DyNet model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 
 def _hygiene() -> None:
@@ -184,6 +186,34 @@ def manifest_stats(
     except ManifestError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+@model_app.command("info")
+def model_info(
+    preset: Annotated[
+        str, typer.Option(help="large | small | tiny (large and small share weights).")
+    ] = "large",
+    size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Parameters and GFLOPs (the paper's count: 2 x conv/linear multiply-adds) per variant."""
+    from training.flops import model_info as info
+    from training.model import preset_names
+
+    if preset not in preset_names():
+        _fail(f"unknown preset {preset!r}: use one of {', '.join(preset_names())}")
+    result = info(preset, (size, size))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"DyNet preset {preset}: {result['params_m']:.2f} M parameters (one set of weights for L and S)"
+    )
+    for variant, v in result["variants"].items():
+        typer.echo(
+            f"  DyNet-{variant} reuse {v['reuse']}: {v['gflops']:.1f} GFLOPs at {size}x{size} "
+            f"({v['gflops_with_attention']:.1f} with the attention products)"
+        )
 
 
 def main() -> None:

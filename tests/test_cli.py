@@ -147,3 +147,11 @@ def test_score_command(tmp_path):
         and "NIMA_InceptionV2_ava" in proc.stderr
         and "--metrics" in proc.stderr
     )
+
+
+def test_model_info_prints_the_paper_figures():
+    proc = curate("model", "info", "--preset", "large", "--size", "224")
+    assert proc.returncode == 0, proc.stderr
+    assert "16.61 M parameters" in proc.stdout
+    assert "DyNet-L reuse [4, 6, 6, 8]: 242.2 GFLOPs" in proc.stdout
+    assert "DyNet-S reuse [2, 3, 3, 4]: 166.2 GFLOPs" in proc.stdout
