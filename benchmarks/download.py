@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--urls", type=int, default=500)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--per-shard", type=int, default=100)
+    ap.add_argument("--per-shard", type=int, default=1000)
     ap.add_argument("--no-marginal", action="store_true", help="skip the second, 3x larger run")
     args = ap.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -20,7 +20,6 @@ import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from curation.config import DownloadConfig
 from curation.probe import probe_image
@@ -168,6 +167,10 @@ def _publish_tar(
     rows: dict[str, dict] = {}
     if not raw_tar.exists():
         return rows
+    # Imported here, not at the top: img2dataset's spawned workers re-import this module
+    # (it is their __main__), and webdataset imports torch.
+    import webdataset as wds
+
     tmp = tar.with_name(f".{tar.name}.tmp-{os.getpid()}")
     with tarfile.open(raw_tar) as src, wds.TarWriter(str(tmp), mtime=0) as sink:
         for member in src:
