@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 manifest_app = typer.Typer(help="Check and summarise manifests.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
+thresholds_app = typer.Typer(
+    help="Choose filter thresholds from a run's scores.", no_args_is_help=True
+)
+app.add_typer(thresholds_app, name="thresholds")
 model_app = typer.Typer(help="The bundled DyNet model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
@@ -67,6 +71,8 @@ def run(
     from curation.run import STAGES, format_summary, run_pipeline
     from curation.sources import InputError
     from curation.stages.base import RunDirError
+    from curation.stages.filter import FilterConfigError
+    from curation.stages.patch import PatchStageError
     from curation.stages.score import ScoreConfigError
     from manifests import ManifestError
 
@@ -186,6 +192,40 @@ def manifest_stats(
     except ManifestError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+@thresholds_app.command("suggest")
+def thresholds_suggest(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder (its score/ stage) or a stage folder.")
+    ],
+    keep_fraction: Annotated[
+        float, typer.Option(help="Wanted fraction of scored images kept by all thresholds.")
+    ] = 0.02,
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma list; default: every score column.")
+    ] = None,
+    min_side: Annotated[
+        int | None, typer.Option(help="Leave out images below this decoded size first.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Propose T_NIQE / T_BRISQUE / T_NIMA keeping about KEEP_FRACTION of the images (the paper kept ~2%)."""
+    from curation.thresholds import (
+        ThresholdError,
+        format_suggestion,
+        read_scores,
+        suggest_thresholds,
+    )
+    from manifests import ManifestError
+
+    try:
+        table = read_scores(run_dir)
+        names = [m.strip() for m in metrics.split(",")] if metrics else None
+        suggestion = suggest_thresholds(table, names, keep_fraction, min_side=min_side)
+    except (ThresholdError, ManifestError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(suggestion, indent=2) if as_json else format_suggestion(suggestion))
 
 
 @model_app.command("info")

@@ -41,6 +41,14 @@ def stage_class(name: str):
         from curation.stages.score import ScoreStage
 
         return ScoreStage
+    if name == "filter":
+        from curation.stages.filter import FilterStage
+
+        return FilterStage
+    if name == "patch":
+        from curation.stages.patch import PatchStage
+
+        return PatchStage
     raise StageUnavailable(f"stage {name!r} is not available yet in this version of curate")
 
 
@@ -73,20 +81,49 @@ def _run_stages(cfg, run_dir, stages, address, log, summaries) -> None:
             log(f"[{name}] {exc}; stopping here")
             break
         summaries.append(cls(cfg, run_dir, address=address, log=log).run())
-        write_json_atomic(
-            run_dir / "run.json",
-            {
-                "pipeline": cfg.name,
-                "seed": cfg.seed,
-                "command": sys.argv,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": _versions(),
-                "stages": {
-                    s.stage: {"seconds": round(s.seconds, 3), "counts": s.counts} for s in summaries
-                },
+        card = {
+            "pipeline": cfg.name,
+            "seed": cfg.seed,
+            "command": sys.argv,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+            "stages": {
+                s.stage: {"seconds": round(s.seconds, 3), "counts": s.counts, "notes": s.notes}
+                for s in summaries
             },
-        )
-    return summaries
+        }
+        write_json_atomic(run_dir / "run.json", card)
+        _write_text_atomic(run_dir / "RUNCARD.md", format_run_card(card, dump_config(cfg)))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def format_run_card(card: dict, config_yaml: str) -> str:
+    """A human-readable card of the run: what ran, with what, what came out, what to know."""
+    lines = [
+        f"# Run card: {card['pipeline']}",
+        "",
+        f"- finished: {card['finished_at']}",
+        f"- seed: {card['seed']}",
+        f"- command: `{' '.join(card['command'])}`",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
+        "",
+        "## Stages",
+    ]
+    for stage, info in card["stages"].items():
+        lines += [
+            "",
+            f"### {stage} ({info['seconds']:.1f} s, {sum(info['counts'].values())} rows)",
+            "",
+        ]
+        lines += [f"- {k}: {n}" for k, n in sorted(info["counts"].items())]
+        lines += [f"- **NOTE: {n}**" for n in info["notes"]]
+    lines += ["", "## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)
 
 
 def format_summary(summaries: list[StageSummary]) -> str:

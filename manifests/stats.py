@@ -12,6 +12,10 @@ from manifests.io import find_manifests, manifest_kind
 from manifests.validate import _group_of
 
 
+#: Stage folders of a run, in pipeline order (others sort after them, by name).
+_STAGE_FOLDERS = ("download", "score", "filter", "patch")
+
+
 def manifest_stats(root: str | os.PathLike) -> dict:
     """Per top-level folder (one stage's output): kind, rows, and counts by stage/status/reason.
 
@@ -35,7 +39,9 @@ def manifest_stats(root: str | os.PathLike) -> dict:
             {"stage": s, "status": st, "reason": r or None, "count": n}
             for (s, st, r), n in sorted(counter.items())
         ]
-    return {"root": str(root), "groups": dict(sorted(groups.items()))}
+    order = {name: i for i, name in enumerate(_STAGE_FOLDERS)}
+    ranked = sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+    return {"root": str(root), "groups": dict(ranked)}
 
 
 def format_stats(stats: dict) -> str:

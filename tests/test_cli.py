@@ -38,9 +38,9 @@ def test_help_does_not_import_heavy_modules():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = curate("run", "--stage", "download", "--output", out)
+    proc = curate("run", "--output", out)  # the demo, every stage
     assert proc.returncode == 0, proc.stderr
-    assert "downloaded" in proc.stdout
+    assert "downloaded" in proc.stdout and "patch:" in proc.stdout
     return out
 
 
@@ -57,6 +57,32 @@ def test_demo_download_validates_and_counts_add_up(demo_run):
     assert counts[("rejected", "too_small")] == 1
     assert counts[("prefiltered", "duplicate_url")] == 1
     assert (demo_run / "config.yaml").is_file() and (demo_run / "run.json").is_file()
+
+
+def test_demo_end_to_end_gives_512_patches_with_lineage(demo_run):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from manifests import read_manifest
+
+    patches = read_manifest(demo_run / "patch", "patch").to_pylist()
+    kept = [p for p in patches if p["status"] == "kept"]
+    assert kept and all(p["size"] == 512 for p in kept)
+    assert {p["reason"] for p in patches if p["status"] != "kept"} <= {"flat"}
+    images = {r["key"]: r for r in read_manifest(demo_run / "filter", "image").to_pylist()}
+    assert all(images[p["image_key"]]["status"] == "kept" for p in patches)
+    index = json.loads((demo_run / "patch" / "index.json").read_text())
+    assert sum(s["samples"] for s in index["shards"]) == len(kept)
+    for shard in index["shards"]:
+        with tarfile.open(demo_run / "patch" / shard["path"]) as tf:
+            pngs = [m for m in tf if m.name.endswith(".png")]
+            assert len(pngs) == shard["samples"]
+            for m in pngs:
+                assert Image.open(io.BytesIO(tf.extractfile(m).read())).size == (512, 512)
+    card = (demo_run / "RUNCARD.md").read_text()
+    assert "NOT SCORED WITH NIMA" in card and "## Resolved config" in card
 
 
 def test_rerun_resumes_without_refetching(demo_run):

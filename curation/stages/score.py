@@ -67,17 +67,11 @@ def cascade_thresholds(cfg: PipelineConfig, metrics: list[str]) -> dict[str, lis
     """
     if not cfg.score.cascade:
         return None
-    f = cfg.filter
-    pairs = {
-        "niqe": ("max", f.max_niqe),
-        "brisque": ("max", f.max_brisque),
-        "nima": ("min", f.min_nima),
-    }
-    out = {m: [op, float(t)] for m, (op, t) in pairs.items() if m in metrics and t is not None}
+    from curation.stages.filter import filter_thresholds
+
+    out = {t.metric: [t.op, float(t.value)] for t in filter_thresholds(cfg.filter) if t.metric in metrics}
     if not out:
-        raise ScoreConfigError(
-            "score.cascade needs at least one filter threshold (filter.max_niqe, ...)"
-        )
+        raise ScoreConfigError("score.cascade needs at least one filter threshold (filter.max_niqe, ...)")
     return out
 
 
