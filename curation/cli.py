@@ -94,6 +94,8 @@ def run(
         ManifestError,
         ScoreConfigError,
         UnknownMetricError,
+        FilterConfigError,
+        PatchStageError,
     ) as exc:
         _fail(str(exc))
     except FetchError as exc:

@@ -107,6 +107,8 @@ def test_other_settings_in_same_output_are_refused(demo_run):
         (["run", "--set", "download.min_sid=3"], "unknown key"),
         (["run", "--set", "score.metrics=[niqe,musiq2]"], "unknown metric"),
         (["run", "--pipeline", "nope"], "unknown pipeline"),
+        (["run", "--stage", "filter"], "score"),
+        (["run", "--stage", "patch"], "filter"),
         (["manifest", "stats", "/nonexistent"], "no such file"),
     ],
 )

@@ -156,9 +156,17 @@ def test_cascade_selects_exactly_what_full_scoring_selects(tmp_path, scored):
     import statistics
 
     run_dir, cfg, *_ = scored
-    full = [r for r in read_manifest(run_dir / "score", "image").to_pylist() if r["status"] == "scored"]
-    median = {m: statistics.median(r[f"score_{m}"] for r in full) for m in ("niqe", "brisque", "nima")}
-    thresholds = {"brisque": ("max", median["brisque"]), "nima": ("min", median["nima"]), "niqe": ("max", median["niqe"])}
+    full = [
+        r for r in read_manifest(run_dir / "score", "image").to_pylist() if r["status"] == "scored"
+    ]
+    median = {
+        m: statistics.median(r[f"score_{m}"] for r in full) for m in ("niqe", "brisque", "nima")
+    }
+    thresholds = {
+        "brisque": ("max", median["brisque"]),
+        "nima": ("min", median["nima"]),
+        "niqe": ("max", median["niqe"]),
+    }
     cascading = cfg.model_copy(deep=True)
     cascading.score.cascade = True
     cascading.filter.max_brisque, cascading.filter.min_nima = median["brisque"], median["nima"]

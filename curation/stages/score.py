@@ -69,9 +69,15 @@ def cascade_thresholds(cfg: PipelineConfig, metrics: list[str]) -> dict[str, lis
         return None
     from curation.stages.filter import filter_thresholds
 
-    out = {t.metric: [t.op, float(t.value)] for t in filter_thresholds(cfg.filter) if t.metric in metrics}
+    out = {
+        t.metric: [t.op, float(t.value)]
+        for t in filter_thresholds(cfg.filter)
+        if t.metric in metrics
+    }
     if not out:
-        raise ScoreConfigError("score.cascade needs at least one filter threshold (filter.max_niqe, ...)")
+        raise ScoreConfigError(
+            "score.cascade needs at least one filter threshold (filter.max_niqe, ...)"
+        )
     return out
 
 
