@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 from manifests.io import find_manifests, manifest_kind
 from manifests.validate import _group_of
 
-
 #: Stage folders of a run, in pipeline order (others sort after them, by name).
 _STAGE_FOLDERS = ("download", "score", "filter", "patch")
 
