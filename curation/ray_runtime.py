@@ -12,6 +12,12 @@ def ensure_ray(address: str | None = None):
     global _connected
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if address is None:
+        # Without this a local Ray binds the machine's routable address even when told
+        # _node_ip_address=127.0.0.1 (measured: GCS and workers on the LAN address). It makes
+        # Ray treat the node as a single-node cluster on loopback; it must not be set on the
+        # nodes of a real multi-node cluster, so only the embedded default sets it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():

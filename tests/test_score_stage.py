@@ -185,3 +185,10 @@ def test_cascade_selects_exactly_what_full_scoring_selects(tmp_path, scored):
     # cheapest first: BRISQUE is always computed
     assert all(r["score_brisque"] is not None for r in casc.values() if r["status"] == "scored")
     assert validate(tmp_path / "run").ok
+
+
+def test_embedded_ray_listens_on_loopback_only(scored):
+    import ray
+
+    assert ray.is_initialized()
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
