@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curation.config import DownloadConfig
-from curation.probe import probe_image
+from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
 
 
@@ -179,24 +179,9 @@ def _publish_tar(
                 continue
             data = src.extractfile(member).read()
             r = raw_rows[stem]
-            row = dict(inputs[r["curate_key"]], stage="download")
-            probe = probe_image(data, min_side=cfg.min_side, max_pixels=cfg.max_image_pixels)
-            row.update(
-                status=probe.status,
-                reason=probe.reason,
-                error=probe.error,
-                width=probe.width,
-                height=probe.height,
-                bytes=len(data),
-                format=probe.ext,
+            rows[stem] = store_sample(
+                inputs[r["curate_key"]], data, cfg, sink, tar.name, sha256=r["sha256"]
             )
-            if probe.status == "downloaded":
-                row.update(sha256=r["sha256"], shard=tar.name)
-                meta = {k: row[k] for k in ("key", "source", "url", "caption", "width", "height")}
-                sink.write(
-                    {"__key__": row["key"], probe.ext: data, "json": json.dumps(meta).encode()}
-                )
-            rows[stem] = row
     os.replace(tmp, tar)
     return rows
 

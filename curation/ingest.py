@@ -7,8 +7,6 @@ downloads, are judged from their header; the score stage decodes them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import webdataset as wds
 
 from curation.config import DownloadConfig, SourceConfig
 from curation.keys import sample_key
-from curation.probe import probe_image
+from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
 
 
@@ -53,24 +51,4 @@ def _ingest_one(
         data = path.read_bytes()
     except OSError as exc:
         return row | dict(status="failed", reason="read_error", error=str(exc))
-    probe = probe_image(data, min_side=cfg.min_side, max_pixels=cfg.max_image_pixels)
-    row |= dict(
-        status=probe.status,
-        reason=probe.reason,
-        error=probe.error,
-        width=probe.width,
-        height=probe.height,
-        bytes=len(data),
-        format=probe.ext,
-    )
-    if probe.status == "downloaded":
-        meta = {
-            "key": key,
-            "source": src.name,
-            "url": row["url"],
-            "width": probe.width,
-            "height": probe.height,
-        }
-        sink.write({"__key__": key, probe.ext: data, "json": json.dumps(meta).encode()})
-        row |= dict(sha256=hashlib.sha256(data).hexdigest(), shard=shard)
-    return row
+    return store_sample(row, data, cfg, sink, shard)
