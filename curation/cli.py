@@ -258,6 +258,16 @@ def model_info(
         )
 
 
+def _register_command_groups() -> None:
+    # Each group lives in its own module (typer + stdlib only at import): `curate train ...`.
+    from curation import cli_train
+
+    cli_train.register(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     try:
         app()
