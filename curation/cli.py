@@ -259,10 +259,12 @@ def model_info(
 
 
 def _register_command_groups() -> None:
-    # Each group lives in its own module (typer + stdlib only at import): `curate train ...`.
-    from curation import cli_train
+    # Each group lives in its own module (typer + stdlib only at import): `curate train ...`,
+    # and the cluster commands `curate submit / status / logs / stop`.
+    from curation import cli_cluster, cli_train
 
     cli_train.register(app)
+    cli_cluster.register(app)
 
 
 _register_command_groups()

@@ -47,11 +47,13 @@ def make_patch_run(
     seed: int = 0,
     parts: int = 2,
     corrupt: frozenset[int] = frozenset(),
+    images: list[np.ndarray] | None = None,
 ) -> dict:
     """Write a patch run with ``shards[i]`` samples in shard i (spread over ``parts`` parts).
 
-    Returns the index dict. Sample images are `smooth_patch(size, seed * 1000 + global number)`;
-    the samples whose global numbers are in ``corrupt`` get a PNG cut short (undecodable).
+    Returns the index dict. Sample images are ``images[g % len(images)]`` (RGB uint8,
+    ``size`` px square) when given, else `smooth_patch(size, seed * 1000 + g)`, ``g`` being the
+    global sample number; the samples in ``corrupt`` get a PNG cut short (undecodable).
     """
     patch = run / "patch"
     dest = patch / SOURCE
@@ -65,7 +67,8 @@ def make_patch_run(
             for i in range(n):
                 key = patch_key(s, i)
                 meta = {"key": key, "image_key": key[:10], "x": 0, "y": 0, "size": size}
-                data = encode_png(smooth_patch(size, seed * 1000 + g))
+                rgb = images[g % len(images)] if images else smooth_patch(size, seed * 1000 + g)
+                data = encode_png(rgb)
                 if g in corrupt:
                     data = data[:100]
                 sink.write({"__key__": key, "png": data, "json": json.dumps(meta).encode()})
