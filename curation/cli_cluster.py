@@ -63,7 +63,7 @@ def _check_output(output: Path) -> None:
     import tempfile
 
     from curation.progress import holder_alive
-    from curation.run import LOCK_NAME, describe_holder, read_lock_info
+    from curation.run_lock import LOCK_NAME, describe_holder, read_lock_info
 
     existing = output
     while not existing.exists() and existing != existing.parent:

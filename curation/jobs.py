@@ -210,7 +210,7 @@ def submit_run(
     The entrypoint is ``python -m curation.cli run ...``: it works both with the uploaded
     working dir (its code comes first on the path) and with curate installed on the nodes.
     """
-    from curation.run import redact_argv
+    from curation.redact import redact_argv
 
     entrypoint = shlex.join([os.environ.get("CURATE_JOB_PYTHON", "python"), "-m", "curation.cli"])
     entrypoint += " " + shlex.join(["run", *run_args])

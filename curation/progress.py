@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from curation.run import LOCK_NAME, STAGES, describe_holder, read_lock_info
+from curation.run import STAGES
+from curation.run_lock import LOCK_NAME, describe_holder, read_lock_info
 
 _SHARD = re.compile(r"^(\d{5})(?:\.parquet|_stats\.json)$")
 _KEPT = {"downloaded", "scored", "kept"}

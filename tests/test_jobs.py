@@ -255,7 +255,7 @@ def test_bad_addresses_tokens_and_outputs_are_one_line(head, images, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from curation.run import acquire_run_lock;"
+            "import sys, time; from pathlib import Path; from curation.run_lock import acquire_run_lock;"
             "acquire_run_lock(Path(sys.argv[1]), ['download']); print('locked', flush=True);"
             "time.sleep(600)",
             str(busy),

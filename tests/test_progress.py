@@ -13,7 +13,9 @@ import pytest
 
 from curation.config import PipelineConfig
 from curation.progress import format_progress, run_progress
-from curation.run import LOCK_NAME, acquire_run_lock, redact_argv, release_run_lock, run_pipeline
+from curation.redact import redact_argv
+from curation.run import run_pipeline
+from curation.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from curation.stages.base import RunDirError
 from tests.images import encode, textured
 
@@ -122,7 +124,7 @@ def test_status_of_a_local_run_at_several_points(tmp_path, images):
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from curation.run import acquire_run_lock
+from curation.run_lock import acquire_run_lock
 acquire_run_lock(Path(sys.argv[1]), ["download"])
 print("locked", flush=True)
 time.sleep(600)
