@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from curation.cli_options import Inputs, Overrides, Pipeline, Stage
+
 app = typer.Typer(
     help="Curate image-restoration pretraining sets (Million-IRD style) and pretrain DyNet on them.",
     no_args_is_help=True,
@@ -44,24 +46,16 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def run(
-    pipeline: Annotated[str, typer.Option(help="Bundled pipeline name or a YAML path.")] = "demo",
-    stage: Annotated[str, typer.Option(help="download | score | filter | patch | all")] = "all",
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            help="Replace the pipeline's sources: Parquet file/folder/glob, or folder:PATH.",
-        ),
-    ] = None,
+    pipeline: Pipeline = "demo",
+    stage: Stage = "all",
+    input: Inputs = None,
     output: Annotated[
         Path | None, typer.Option(help="Run folder (default: runs/<pipeline name>).")
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config field: key.sub=value.")
-    ] = None,
+    set_: Overrides = None,
 ) -> None:
     """Run the pipeline (with no arguments: the bundled offline demo)."""
     _hygiene()

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from curation.cli_options import Inputs, Overrides, Pipeline, Stage
+
 _ADDRESS_HELP = (
     "Job server of the Ray head (its dashboard): default $RAY_ADDRESS or http://127.0.0.1:8265."
 )
@@ -83,24 +85,16 @@ def _check_output(output: Path) -> None:
 
 
 def submit(
-    pipeline: Annotated[str, typer.Option(help="Bundled pipeline name or a YAML path.")] = "demo",
-    stage: Annotated[str, typer.Option(help="download | score | filter | patch | all")] = "all",
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            help="Replace the pipeline's sources: Parquet file/folder/glob, or folder:PATH.",
-        ),
-    ] = None,
+    pipeline: Pipeline = "demo",
+    stage: Stage = "all",
+    input: Inputs = None,
     output: Annotated[
         Path | None,
         typer.Option(
             help="Run folder on the cluster (default: runs/<pipeline name>, made absolute)."
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config field: key.sub=value.")
-    ] = None,
+    set_: Overrides = None,
     address: Address = None,
     working_dir: Annotated[
         str,

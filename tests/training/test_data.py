@@ -33,14 +33,6 @@ CROP = 32
 DEGRADE = DegradeConfig(crop=CROP)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """Three shards of 4, 3 and 5 patches (12 in all) in two parts."""

@@ -23,16 +23,6 @@ def meta_model(name: str = "large") -> DyNet:
         return DyNet(preset(name))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # The tiny model's ops are too small to gain from intra-op threads, and on a busy 2-core
-    # runner OpenMP's spin-waiting made the overfit test 10-30x slower. Restored afterwards.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> DyNet:
     return tiny_model()

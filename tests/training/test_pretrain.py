@@ -20,14 +20,6 @@ pytestmark = pytest.mark.timeout(300)
 SMALL = dict(preset="tiny", batch=2, crop=32, workers=0, val_samples=2, progress="off")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """Ten 64 px patches in two shards: enough for streams, validation and a few epochs."""
