@@ -198,8 +198,11 @@ def _check_manifests(index: PatchIndex) -> None:
 
         fs, root = fsspec.core.url_to_fs(index.root)
         names = [p for p in fs.find(root) if p.endswith(".parquet")]
+        # Hidden / temporary parts (".x", "_x") are not manifests; mind that "" is in any string.
         names = [
-            p for p in names if not any(part[:1] in "_." for part in p[len(root) :].split("/"))
+            p
+            for p in names
+            if not any(part and part[0] in "_." for part in p[len(root) :].split("/"))
         ]
         for name in sorted(names):
             with fs.open(name, "rb") as f:
