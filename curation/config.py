@@ -84,9 +84,20 @@ class ScoreConfig(_Strict):
     allow_download: bool = False
     #: Larger images are rejected (too_many_pixels): NIQE needs ~0.4 GB per megapixel on CPU.
     max_pixels: int = Field(36_000_000, ge=1)
-    #: CPU workers; None: one per ``threads_per_worker`` CPUs the cluster reports.
+    #: Workers (Ray actors, one model load each). None: sized from what the cluster reports,
+    #: as many as fit on its alive nodes: one per ``gpus_per_worker`` GPUs on cuda, else one
+    #: per ``threads_per_worker`` CPUs of each node.
     workers: int | None = Field(None, ge=1)
     threads_per_worker: int = Field(1, ge=1)
+    #: CPUs each worker reserves in Ray. None: ``threads_per_worker``, halved when a node has
+    #: fewer than 4 CPUs (pools of whole-CPU workers filling a 2-core node stalled).
+    cpus_per_worker: float | None = Field(None, gt=0)
+    #: GPUs each worker reserves on cuda; below 1 lets workers share a GPU.
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
+    #: Times a shard is redone after its worker died (node lost, process killed); each death
+    #: starts a replacement worker. The driver writes the results, so a redone shard is
+    #: written once.
+    max_retries: int = Field(3, ge=0)
 
 
 class FilterConfig(_Strict):
@@ -106,6 +117,11 @@ class PatchConfig(_Strict):
     max_flat_fraction: float = Field(0.5, ge=0, le=1)
     format: Literal["png", "jpg", "webp"] = "png"
     samples_per_shard: int = Field(1000, ge=1)
+    #: CPUs each part's Ray task reserves. None: 1, or 0.5 when a node has fewer than 4 CPUs.
+    cpus_per_task: float | None = Field(None, gt=0)
+    #: Times Ray reruns a part whose node or worker process died (its outputs are rewritten
+    #: from scratch under per-attempt temp names).
+    max_retries: int = Field(3, ge=0)
 
 
 class RayConfig(_Strict):

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from curation.config import DownloadConfig
 from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
+from manifests.io import temp_path
 
 
 def failure_reason(error: str | None) -> str:
@@ -171,7 +172,7 @@ def _publish_tar(
     # (it is their __main__), and webdataset imports torch.
     import webdataset as wds
 
-    tmp = tar.with_name(f".{tar.name}.tmp-{os.getpid()}")
+    tmp = temp_path(tar)
     with tarfile.open(raw_tar) as src, wds.TarWriter(str(tmp), mtime=0) as sink:
         for member in src:
             stem, ext = os.path.splitext(member.name)

@@ -16,6 +16,7 @@ from curation.config import DownloadConfig, SourceConfig
 from curation.keys import sample_key
 from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
+from manifests.io import temp_path
 
 
 def ingest_folder(
@@ -30,7 +31,7 @@ def ingest_folder(
         if manifest.exists() and tar.exists():
             continue
         dest.mkdir(parents=True, exist_ok=True)
-        tmp = tar.with_name(f".{tar.name}.tmp-{os.getpid()}")
+        tmp = temp_path(tar)
         with wds.TarWriter(str(tmp), mtime=0) as sink:  # fixed mtime: reproducible tars
             rows = [
                 _ingest_one(src, path, rel, cfg, sink, tar.name)

@@ -7,6 +7,8 @@ reader (or a resumed run) never sees half a file under its final name.
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -64,12 +66,23 @@ def table_from_rows(rows: list[dict], kind: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def temp_path(path: Path) -> Path:
+    """A hidden temp name beside ``path`` to write to before renaming onto it.
+
+    Unique per attempt: a retried task (another node, maybe the same pid on a shared file
+    system) never writes into the temp file of the attempt it replaces.
+    """
+    return path.with_name(
+        f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+
+
 def write_manifest(table: pa.Table | list[dict], path: str | os.PathLike, kind: str) -> Path:
     """Write a table (or row dicts) as a ``kind`` manifest at ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = table_from_rows(table, kind) if isinstance(table, list) else conform(table, kind)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
     return path

@@ -36,6 +36,7 @@ parameters, tars with mtime 0.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -50,6 +51,7 @@ import pyarrow.parquet as pq
 from curation.config import PatchConfig, PipelineConfig
 from curation.stages.base import StageSummary, check_fingerprint, write_json_atomic
 from manifests import IMAGE, PATCH, find_manifests, write_manifest
+from manifests.io import temp_path
 from manifests.schema import SCORE_COLUMN
 
 DONE_SUFFIX = ".done.json"
@@ -136,14 +138,12 @@ class _ShardWriter:
 
     def add(self, row: dict, data: bytes | None = None, meta: dict | None = None) -> None:
         if data is not None:
-            import webdataset as wds
-
             if self.samples == self.per_shard:
                 self._close()
             if self.sink is None:
-                self.tmp = self.dest_dir / f".{self._name('tar')}.tmp-{os.getpid()}"
-                self.sink = wds.TarWriter(str(self.tmp), mtime=0)  # fixed mtime: same bytes
-            self.sink.write({"__key__": row["key"], self.fmt: data, "json": _json(meta).encode()})
+                self.tmp = temp_path(self.dest_dir / self._name("tar"))
+                self.sink = TarSink(self.tmp)
+            self.sink.write(row["key"], {self.fmt: data, "json": _json(meta).encode()})
             row = row | {"shard": self._name("tar")}
             self.samples += 1
         self.rows.append(row)
@@ -169,6 +169,30 @@ class _ShardWriter:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+
+
+class TarSink:
+    """A WebDataset shard writer, byte for byte what ``webdataset.TarWriter(path, mtime=0)``
+    writes, without importing webdataset (it imports torch: seconds per new Ray worker).
+
+    Members ``<key>.<ext>`` in sorted ``ext`` order, mode 0444, owner ``bigdata``, mtime 0:
+    the same patches give the same bytes.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._tar = tarfile.open(fileobj=self._file, mode="w|")
+
+    def write(self, key: str, items: dict[str, bytes]) -> None:
+        for ext in sorted(items):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(items[ext]), 0, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(items[ext]))
+
+    def close(self) -> None:
+        self._tar.close()
+        self._file.close()
 
 
 def _json(obj: dict) -> str:
@@ -281,7 +305,9 @@ class PatchStage:
             flatness_config(self.cfg.patch)
         except ValueError as exc:
             raise PatchStageError(f"patch settings do not fit: {exc}") from None
-        settings = {"patch": self.cfg.patch.model_dump(mode="json"), "max_pixels": self.max_pixels}
+        # Resources and retries decide where and how often a part runs, not its output.
+        patch = self.cfg.patch.model_dump(mode="json", exclude={"cpus_per_task", "max_retries"})
+        settings = {"patch": patch, "max_pixels": self.max_pixels}
         check_fingerprint(self.out / "_work" / "settings.json", settings, "patches")
 
         parts = find_manifests(self.inp, IMAGE)
@@ -314,12 +340,20 @@ class PatchStage:
         return summary
 
     def _run_on_ray(self, jobs: list[tuple[Path, Path]]) -> None:
-        from curation.ray_runtime import ensure_ray
+        from curation.ray_runtime import alive_nodes, cpus_per_unit, ensure_ray, fit_count
 
         ray = ensure_ray(self.address)
-        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
-        # Fractional CPUs on small machines: whole-CPU work filling every CPU stalled on 2 cores.
-        task = ray.remote(patch_part).options(num_cpus=0.5 if cpus < 4 else 1, max_retries=3)
+        pc = self.cfg.patch
+        nodes = alive_nodes(ray)
+        cpus = pc.cpus_per_task or cpus_per_unit(nodes)
+        slots = fit_count({"CPU": cpus}, nodes)
+        if not slots:
+            raise PatchStageError(f"no node of the Ray cluster has {cpus} CPU for a patch task")
+        self.log(f"[patch] {slots} task slot(s) of {cpus} CPU on {len(nodes)} node(s)")
+        # A task whose node or process dies is rerun by Ray (max_retries); the rerun clears
+        # the part and writes under its own temp names. Errors of the task itself are not
+        # retried (retry_exceptions off): they are reported and a rerun of curate redoes them.
+        task = ray.remote(patch_part).options(num_cpus=cpus, max_retries=pc.max_retries)
         pending = {
             task.remote(str(part), str(dest), self.cfg.patch, self.max_pixels): part
             for part, dest in jobs

@@ -5,10 +5,13 @@ one per download manifest part, holding every row (so the folder is a complete a
 ``score_<metric>`` columns. Downloaded images become ``scored``, or ``failed`` / ``rejected``
 with the reason (decode error, too small for a metric, out of memory, too many pixels).
 
-One actor per worker loads the models once. Workers ask for a GPU only when the cluster has
-one (asking for a GPU that does not exist waits forever) and fractional CPUs otherwise (whole
-CPUs for every worker stalled on 2-core machines). The shard is the unit of work and of resume:
-a manifest part that exists is not scored again.
+One actor per worker loads the models once. How many workers and what each reserves come from
+the config and from what the cluster's alive nodes report (see ScoreConfig): workers ask for a
+GPU only when the cluster has one (asking for a GPU that does not exist waits forever) and
+fractional CPUs on small nodes (whole CPUs for every worker stalled on 2-core machines). The
+shard is the unit of work, retry and resume: a manifest part that exists is not scored again;
+a shard whose worker dies (its node lost) is requeued and a replacement worker started. Workers
+only return scores, the driver writes every manifest, so a shard scored twice is written once.
 """
 
 from __future__ import annotations
@@ -136,29 +139,47 @@ class ScoreStage:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _score_on_ray(self, todo: list, metrics: list[str], cascade: dict | None) -> None:
-        from curation.ray_runtime import ensure_ray
-        from curation.shard_scorer import ShardScorer
+    def _plan(self, ray) -> tuple[str, int, dict]:
+        """(device, workers, Ray options per worker), sized from the cluster's alive nodes."""
+        from curation.ray_runtime import alive_nodes, cpus_per_unit, fit_count
 
-        ray = ensure_ray(self.address)
         sc = self.cfg.score
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
+        nodes = alive_nodes(ray)
+        gpus = sum(n.get("GPU", 0) for n in nodes)
         device = sc.device if sc.device != "auto" else ("cuda" if gpus else "cpu")
         if device == "cuda" and not gpus:
             raise ScoreConfigError("score.device is cuda but the Ray cluster reports no GPU")
         if device == "cuda":
-            n_workers, options = gpus, {"num_gpus": 1, "num_cpus": 1}
+            need = {"GPU": sc.gpus_per_worker, "CPU": sc.cpus_per_worker or 1.0}
+            fit = fit_count(need, nodes)
+            options = {"num_gpus": need["GPU"], "num_cpus": need["CPU"]}
         else:
-            cpus = int(resources.get("CPU", os.cpu_count() or 1))
-            n_workers = sc.workers or max(1, cpus // sc.threads_per_worker)
-            # Fractional CPUs: a pool of whole-CPU actors filling every CPU stalled on 2 cores.
-            options = {"num_cpus": 0.5 * sc.threads_per_worker}
+            # How many fit counts whole threads per node; what each reserves may be less
+            # (small nodes) so that Ray never waits for a CPU the pool itself holds.
+            fit = fit_count({"CPU": sc.threads_per_worker}, nodes)
+            cpus = sc.cpus_per_worker or cpus_per_unit(nodes, sc.threads_per_worker)
+            options = {"num_cpus": cpus}
+        if not fit and not sc.workers:
+            raise ScoreConfigError(
+                f"no node of the Ray cluster can hold a {device} worker asking {options}"
+            )
+        # SPREAD: model loads and work go to every node, not packed onto the first.
+        options |= {"scheduling_strategy": "SPREAD", "max_restarts": 0}
+        return device, sc.workers or fit, options
+
+    def _score_on_ray(self, todo: list, metrics: list[str], cascade: dict | None) -> None:
+        from curation.ray_runtime import ensure_ray, map_on_actors
+        from curation.shard_scorer import ShardScorer
+
+        ray = ensure_ray(self.address)
+        sc = self.cfg.score
+        device, n_workers, options = self._plan(ray)
         n_workers = max(1, min(n_workers, len(todo)))
-        self.log(f"[score] {n_workers} worker(s) on {device}")
+        self.log(f"[score] {n_workers} worker(s) on {device}, each {options['num_cpus']} CPU")
         actor = ray.remote(ShardScorer).options(**options)
-        workers = [
-            actor.remote(
+
+        def make_worker():
+            return actor.remote(
                 metrics,
                 device=device,
                 weights_dir=sc.weights_dir,
@@ -168,24 +189,26 @@ class ScoreStage:
                 threads=sc.threads_per_worker if device == "cpu" else None,
                 cascade=cascade,
             )
-            for _ in range(n_workers)
-        ]
-        pool = ray.util.ActorPool(workers)
+
         jobs = [
             (str((part.parent / rows_[0]["shard"]).resolve()), [r["key"] for r in rows_])
             for part, _, _, rows_ in todo
         ]
-        # map_unordered does not say which job a result belongs to; keys are unique, so the
-        # first key of a result names its shard.
-        job_of_key = {key: i for i, (_, keys) in enumerate(jobs) for key in keys}
-        done = 0
-        for results in pool.map_unordered(lambda w, job: w.score_shard.remote(*job), jobs):
-            part, dest, rows, _ = todo[job_of_key[next(iter(results))]]
-            self._write(part, dest, rows, results, metrics)
-            done += 1
+        results = map_on_actors(
+            ray,
+            make_worker,
+            n_workers,
+            jobs,
+            lambda w, job: w.score_shard.remote(*job),
+            max_retries=sc.max_retries,
+            describe=lambda job: os.path.relpath(job[0], self.run_dir),
+            log=lambda msg: self.log(f"[score] {msg}"),
+        )
+        # Only the driver writes: a shard scored twice (its first worker lost) is written once.
+        for done, (i, result) in enumerate(results, 1):
+            part, dest, rows, _ = todo[i]
+            self._write(part, dest, rows, result, metrics)
             self.log(f"[score] {done}/{len(todo)} shard(s) scored")
-        for w in workers:
-            ray.kill(w)
 
     def _write(
         self, part: Path, dest: Path, rows: list[dict], results: dict, metrics: list[str]

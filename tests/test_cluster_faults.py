@@ -1,0 +1,271 @@
+"""Fault tolerance on more than one node: a real Ray cluster on 127.0.0.1 (a head, 3 workers) loses a
+worker node while it scores and another while it cuts patches; the run completes with every input
+accounted for exactly once and the same manifests and patch tar bytes as an undisturbed run.
+
+The head node has no CPU, so all work runs on the worker nodes. A node is killed (SIGKILL of
+its raylet and object store, like a machine lost) at the moment one of its worker processes
+is running a stage's task, seen from its process title (``ray::patch_part``), after at least
+one of the stage's outputs exists: a kill in the middle of the stage, never before or after.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import tarfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.config import PipelineConfig
+from curation.run import run_pipeline
+from manifests import IMAGE, PATCH, find_manifests, validate
+from tests.images import encode, textured
+from tests.test_end_to_end import _snapshot
+
+pytestmark = pytest.mark.timeout(420)
+
+psutil = pytest.importorskip("psutil")
+
+N_IMAGES = 8
+W, H = 768, 512
+TILES = (W // 128) * (H // 128)
+SOURCE = "web"
+STAGES = ["download", "score", "filter", "patch"]
+#: GCS declares a node dead after ~2 s of missed health checks (Ray's default: ~15 s).
+FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
+
+
+def _half_flat(seed: int) -> np.ndarray:
+    img = textured(W, H, seed)
+    img[:, :256] = (90 + np.arange(256) / 8).astype(np.uint8)[None, :, None]  # a flat band
+    return img
+
+
+def _write_inputs(root: Path) -> Path:
+    """N_IMAGES JPEGs served by the run's loopback server, plus a URL list naming them."""
+    www = root / "www"
+    www.mkdir(parents=True)
+    urls = []
+    for i in range(N_IMAGES):
+        arr = _half_flat(i) if i % 2 else textured(W, H, i)
+        (www / f"img{i:02d}.jpg").write_bytes(encode(arr))
+        urls.append(f"http://curate-demo.localhost/img{i:02d}.jpg")
+    urls.append("http://curate-demo.localhost/missing.jpg")  # a 404: failed, still counted
+    table = pa.table(
+        {
+            "URL": urls,
+            "TEXT": [f"photo {i}" for i in range(len(urls))],
+            "WIDTH": [W] * len(urls),
+            "HEIGHT": [H] * len(urls),
+        }
+    )
+    pq.write_table(table, root / "urls.parquet")
+    return root
+
+
+def _config(inputs: Path) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "name": "cluster-faults",
+            "sources": [
+                {
+                    "name": SOURCE,
+                    "kind": "laion",
+                    "path": [str(inputs / "urls.parquet")],
+                    "serve": str(inputs / "www"),
+                }
+            ],
+            # One image per download shard: many small units of work, so a kill lands mid-stage.
+            "download": {"min_side": 512, "samples_per_shard": 1, "processes": 1, "threads": 4},
+            "score": {"metrics": ["niqe", "brisque"], "workers": 2},
+            "filter": {"min_side": 512},
+            # 128 px tiles: 24 per image, so cutting lasts long enough to be interrupted.
+            "patch": {"size": 128, "samples_per_shard": 16},
+        }
+    )
+
+
+def _busy(node, title: str) -> bool:
+    """True when one of ``node``'s worker processes runs a task titled ``title``."""
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    try:
+        children = psutil.Process(raylet).children(recursive=True)
+    except psutil.Error:
+        return False
+    for proc in children:
+        try:
+            if " ".join(proc.cmdline()).startswith(title):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+class _Saboteur(threading.Thread):
+    """Kills worker nodes in the middle of stages: for each ``(glob, title)`` of the plan, the
+    first node that runs a task titled ``title`` once the stage has written an output matching
+    ``glob``. Records what it did, or why it could not."""
+
+    def __init__(self, cluster, nodes: list, plan: list[tuple[str, str]], run_dir: Path):
+        super().__init__(daemon=True)
+        self.cluster, self.nodes, self.plan, self.run_dir = cluster, list(nodes), plan, run_dir
+        self.kills: list[dict] = []
+        self.error: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for glob, title in self.plan:
+            victim = None
+            while victim is None and not self.stop.is_set():
+                if any(self.run_dir.glob(glob)):
+                    victim = next((n for n in self.nodes if _busy(n, title)), None)
+                if victim is None:
+                    time.sleep(0.02)
+            if victim is None:
+                self.error = f"the run ended before a kill during {title} ({glob})"
+                return
+            done = len(list(self.run_dir.glob(glob)))
+            self.cluster.remove_node(victim, allow_graceful=False)
+            self.nodes.remove(victim)
+            self.kills.append({"task": title, "outputs_before_kill": done})
+
+
+def _keys(folder: Path, kind: str) -> Counter:
+    return Counter(
+        k for p in find_manifests(folder, kind) for k in pq.read_table(p)["key"].to_pylist()
+    )
+
+
+def _tar_keys(tars: list[Path], ext: str) -> Counter:
+    keys: Counter = Counter()
+    for tar in tars:
+        with tarfile.open(tar) as tf:
+            keys.update(m.name.rsplit(".", 1)[0] for m in tf.getmembers() if m.name.endswith(ext))
+    return keys
+
+
+def _check_accounting(run: Path) -> None:
+    """Every input once per stage folder; every kept patch once in the manifests and tars."""
+    inputs = N_IMAGES + 1
+    for stage in ("download", "score", "filter"):
+        keys = _keys(run / stage / SOURCE, IMAGE)
+        assert len(keys) == inputs and set(keys.values()) == {1}, (stage, keys)
+    rows = [
+        r
+        for p in find_manifests(run / "download" / SOURCE, IMAGE)
+        for r in pq.read_table(p).to_pylist()
+    ]
+    downloaded = Counter(r["key"] for r in rows if r["status"] == "downloaded")
+    assert len(downloaded) == N_IMAGES
+    assert _tar_keys(sorted((run / "download" / SOURCE).glob("*.tar")), ".jpg") == downloaded
+
+    patches = [
+        r for p in find_manifests(run / "patch", PATCH) for r in pq.read_table(p).to_pylist()
+    ]
+    keys = Counter(r["key"] for r in patches)
+    assert set(keys.values()) == {1}, "a patch row appears twice"
+    assert len(patches) == N_IMAGES * TILES
+    kept = Counter(r["key"] for r in patches if r["status"] == "kept")
+    assert 0 < len(kept) < len(patches)  # the flat bands were rejected
+    assert _tar_keys(sorted((run / "patch").rglob("*.tar")), ".png") == kept
+    index = json.loads((run / "patch" / "index.json").read_text())
+    assert index["samples"] == len(kept)
+    # no temp file of a killed attempt is left in the run's outputs
+    assert not [p for p in run.rglob(".*.tmp-*") if "_work" not in p.parts]
+    assert validate(run).ok
+
+
+def _assert_loopback_only() -> None:
+    """Every socket that this process's descendants (Ray nodes, agents, workers) listen on
+    is on 127.0.0.1."""
+    pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert pids
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            ip = ipaddress.ip_address(conn.laddr.ip)
+            ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1
+            assert ip.is_loopback, conn
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from curation.ray_runtime import start_local_cluster
+
+    c, workers = start_local_cluster(3, 1, system_config=FAST_FAILURE_DETECTION)
+    assert c.address.startswith("127.0.0.1:")
+    _assert_loopback_only()
+    yield c, workers
+    c.shutdown()
+
+
+@pytest.mark.slow
+def test_a_run_survives_losing_worker_nodes_with_exact_accounting(tmp_path, cluster):
+    c, workers = cluster
+    cfg = _config(_write_inputs(tmp_path / "inputs"))
+
+    clean = tmp_path / "clean"
+    t = time.time()
+    sums = run_pipeline(cfg, clean, STAGES, address=c.address, log=lambda *_: None)
+    print(f"clean run {time.time() - t:.1f} s", {s.stage: round(s.seconds, 1) for s in sums})
+    _check_accounting(clean)
+
+    hurt = tmp_path / "hurt"
+    log: list[str] = []
+    # The download ran on the cluster above (img2dataset's Ray distributor); this run starts
+    # from a copy of it, and loses a node while scoring and another while cutting patches.
+    shutil.copytree(clean / "download", hurt / "download")
+    saboteur = _Saboteur(
+        c,
+        workers,
+        [
+            (f"score/{SOURCE}/0*.parquet", "ray::ShardScorer.score_shard"),
+            (f"patch/{SOURCE}/*.done.json", "ray::patch_part"),
+        ],
+        hurt,
+    )
+    saboteur.start()
+    start = time.time()
+    try:
+        sums = run_pipeline(
+            cfg, hurt, STAGES, address=c.address, log=lambda *a: log.append(" ".join(map(str, a)))
+        )
+    finally:
+        saboteur.stop.set()
+        saboteur.join(timeout=60)
+    took = time.time() - start
+    assert saboteur.error is None, saboteur.error
+    assert len(saboteur.kills) == 2
+    score_kill, patch_kill = saboteur.kills
+    assert 0 < score_kill["outputs_before_kill"] < N_IMAGES  # killed mid-stage
+    assert 0 < patch_kill["outputs_before_kill"] < N_IMAGES
+    # the score stage saw its worker die and redid that shard elsewhere
+    assert any("worker lost" in line and "requeued" in line for line in log), log
+
+    _assert_loopback_only()  # the worker processes the runs started too
+    _check_accounting(hurt)
+    assert _snapshot(hurt) == _snapshot(clean)
+    print(f"disturbed run: {took:.1f} s", {s.stage: round(s.seconds, 1) for s in sums})
+
+
+def test_workers_are_sized_from_the_nodes_the_cluster_reports():
+    from curation.ray_runtime import cpus_per_unit, fit_count
+
+    small = [{"CPU": 0.0}, {"CPU": 2.0}, {"CPU": 2.0}]  # a head without CPUs, two 2-core nodes
+    big = [{"CPU": 16.0, "GPU": 2.0}, {"CPU": 64.0}]
+    assert cpus_per_unit(small) == 0.5 and cpus_per_unit(small, 2) == 1.0
+    assert cpus_per_unit(big) == 1.0 and cpus_per_unit([]) == 1.0
+    assert fit_count({"CPU": 1}, small) == 4
+    assert fit_count({"CPU": 3}, small) == 0  # 4 CPUs in all, but no node has 3
+    assert fit_count({"CPU": 1}, big) == 80
+    assert fit_count({"GPU": 1, "CPU": 1}, big) == 2
+    assert fit_count({"GPU": 0.5, "CPU": 4}, big) == 4
