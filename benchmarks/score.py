@@ -1,7 +1,7 @@
 """Score stage throughput and memory: the metrics alone, the stage on Ray, and a plain loop.
 
     python benchmarks/score.py [--images 12] [--repeats 3] [--per-shard 3] [--quick]
-                               [--sections cpu,stage,memory,gpu]
+                               [--sections cpu,stage,memory,gpu,cascade]
 
 Real photos: the demo's (pipelines/demo/www, 1024 px on the short side) and, for 2048 px, the
 originals in ../shared/photos (beside the repository) downscaled to 2048 px on the short side,
@@ -21,6 +21,10 @@ Sections (all printed, nothing asserted):
           measurement (2 torch threads), and of the Ray scorer actors during the stage runs.
   gpu     images/s per metric on CUDA at 1024/2048 px (square crops) and batch sizes 1 and 4;
           skipped, with a line saying so, when torch.cuda.is_available() is False.
+  cascade the score stage in full and in cascade mode (score.cascade: cheapest metric first,
+          the rest skipped once an image fails a threshold) on the demo photos plus a blurred
+          copy of each, each followed by the filter: metric evaluations saved, stage time, and
+          whether both select the same images.
 """
 
 from __future__ import annotations
@@ -541,6 +545,73 @@ def gpu_section(sets: dict[int, list[bytes]], repeats: int, ckpt: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def cascade_section(photos: list[Path], per_shard: int, ckpt: Path, tmp: Path) -> None:
+    """Full scoring then cascade scoring of the same images, each followed by the filter."""
+    import cv2
+    import pyarrow.parquet as pq
+
+    from curation.ray_runtime import ensure_ray, shutdown_ray
+    from curation.stages.filter import FilterStage
+    from manifests import IMAGE, find_manifests
+
+    header("5. cascade vs full (score stage on Ray, then the filter, same images)")
+    # The demo photos and a blurred copy of each (sigma 3: fails the BRISQUE floor), so the
+    # cheapest metric has something to reject; thresholds are million-ird's calibrated floors.
+    folder = tmp / "cascade-photos"
+    folder.mkdir()
+    for src in photos:
+        rgb = decode_image(src.read_bytes(), max_pixels=MAX_PIXELS).rgb
+        (folder / f"{src.stem}.png").write_bytes(_png(rgb))
+        (folder / f"{src.stem}-blur3.png").write_bytes(_png(cv2.GaussianBlur(rgb, (0, 0), 3)))
+    thresholds = {"max_niqe": 7.0, "max_brisque": 35.0}
+    results = {}
+    ensure_ray()
+    for mode in ("full", "cascade"):
+        cfg = stage_config(folder, ckpt, per_shard)
+        cfg.score.cascade = mode == "cascade"
+        cfg.filter.max_niqe, cfg.filter.max_brisque = (
+            thresholds["max_niqe"],
+            thresholds["max_brisque"],
+        )
+        run_dir = tmp / f"run-{mode}"
+        _, score_s, counts, _ = run_stage(cfg, run_dir)
+        FilterStage(cfg, run_dir, log=lambda *_: None).run()
+        rows = []
+        for path in find_manifests(run_dir / "filter", IMAGE):
+            rows += pq.read_table(path).to_pylist()
+        kept = {r["key"] for r in rows if r["status"] == "kept"}
+        computed = {m: sum(r.get(f"score_{m}") is not None for r in rows) for m in METRICS}
+        results[mode] = (score_s, kept, computed, len(rows))
+        print(
+            f"{mode} done: score {score_s:.1f} s, {len(kept)} kept, load {load_avg()}", flush=True
+        )
+    shutdown_ray()
+    (full_s, full_kept, full_n, rows), (cas_s, cas_kept, cas_n, _) = (
+        results["full"],
+        results["cascade"],
+    )
+    print(
+        f"\n{rows} images ({len(photos)} photos + a sigma-3 blurred copy each), thresholds {thresholds}"
+    )
+    print(f"{'':<30}{'seconds':>9}" + "".join(f"{m:>9}" for m in METRICS) + f"{'kept':>7}")
+    for name, (sec, kept, n, _) in results.items():
+        print(f"{name:<30}{sec:>9.1f}" + "".join(f"{n[m]:>9}" for m in METRICS) + f"{len(kept):>7}")
+    evaluations = sum(full_n.values()), sum(cas_n.values())
+    print(
+        f"metric evaluations: cascade {evaluations[1]} of {evaluations[0]} "
+        f"({1 - evaluations[1] / evaluations[0]:.0%} saved); stage time cascade/full "
+        f"{cas_s / full_s:.2f}; same selection: {full_kept == cas_kept}"
+    )
+
+
+def _png(rgb) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", rgb[..., ::-1])
+    assert ok
+    return buf.tobytes()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=12, help="images in the stage comparison")
@@ -548,7 +619,7 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=3, help="download.samples_per_shard")
     ap.add_argument("--mem-images", type=int, default=1, help="images per memory measurement")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 images, 1 repeat")
-    ap.add_argument("--sections", default="cpu,stage,memory,gpu")
+    ap.add_argument("--sections", default="cpu,stage,memory,gpu,cascade")
     ap.add_argument("--mem-child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mem_child:
@@ -586,8 +657,8 @@ def main() -> None:
             memory_section(sets, args.mem_images, ckpt, tmp, mem, args.quick)
         if "gpu" in sections:
             gpu_section(sets, args.repeats, ckpt)
-    header("5. cascade vs full")
-    print("cascade: not implemented yet")
+        if "cascade" in sections:
+            cascade_section(photos, args.per_shard, ckpt, tmp)
     print(f"\ntotal {time.perf_counter() - wall:.0f} s, load average at the end {load_avg()}")
 
 
