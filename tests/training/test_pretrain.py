@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,23 @@ def test_cli_pretrains_resumes_and_explains_bad_input(run: Path, tmp_path: Path)
     assert "Traceback" not in bad.stderr
     later = curate("train", "dynet", "--stage", "finetune", "--data", str(run))
     assert later.returncode == 1 and "not available yet" in later.stderr
+
+
+def test_two_ranks_under_torchrun_train_one_model(run: Path, tmp_path: Path) -> None:
+    # DDP on CPU (gloo): the same code path as multi-GPU, with the batch split across ranks.
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as sock:  # a free loopback port for the ranks' rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    cmd += ["-m", "curation.cli", "train", "dynet", "--data", str(run), "--out", str(out)]
+    cmd += ["--preset", "tiny", "--steps", "2", "--batch", "4", "--crop", "32", "--workers", "0"]
+    cmd += ["--val-samples", "2", "--progress", "off"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = ckpt_io.load(out / "latest.pt")
+    assert ckpt["step"] == 2 and ckpt["data"]["world_size"] == 2 and ckpt["data"]["rank_batch"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # the bare model is saved
+    assert len(train_records(out)) == 2  # rank 0 alone writes the metrics
