@@ -66,6 +66,7 @@ from curation.stages.patch import PatchStage, kept_rows  # noqa: E402
 from curation.tiling import iter_tiles, tile_grid  # noqa: E402
 from manifests import IMAGE, PATCH, find_manifests, write_manifest  # noqa: E402
 from manifests.schema import SCORE_COLUMN  # noqa: E402
+from tests.test_patch_stage import write_filter_manifests  # noqa: E402
 
 DEMO_WWW = ROOT / "pipelines" / "demo" / "www"
 SHARED_PHOTOS = ROOT.parent / "shared" / "photos"
@@ -106,21 +107,6 @@ def pipeline(folder: Path, per_shard: int) -> PipelineConfig:
             "download": {"min_side": 512, "samples_per_shard": per_shard},
         }
     )
-
-
-def write_filter_manifests(run_dir: Path) -> None:
-    """What the filter stage leaves (as in tests/test_patch_stage.py): downloaded -> kept."""
-    download = run_dir / "download"
-    for n, part in enumerate(find_manifests(download, IMAGE)):
-        dest = run_dir / "filter" / part.relative_to(download)
-        rows = []
-        for i, row in enumerate(pq.read_table(part).to_pylist()):
-            if row["status"] == "downloaded":
-                shard = os.path.relpath(part.parent / row["shard"], dest.parent)
-                row |= dict(status="kept", stage="filter", shard=shard)
-                row |= dict(score_niqe=3.0 + n + i / 10, score_brisque=20.0 + i)
-            rows.append(row)
-        write_manifest(rows, dest, IMAGE)
 
 
 def build_run(
