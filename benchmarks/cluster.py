@@ -47,10 +47,9 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.config import load_pipeline  # noqa: E402
-from curation.run import run_pipeline  # noqa: E402
+from curation.ray_runtime import node_runs_task  # noqa: E402
+from curation.run import STAGES, run_pipeline  # noqa: E402
 from manifests import IMAGE, find_manifests, write_manifest  # noqa: E402
-
-STAGES = ["download", "score", "filter", "patch"]
 
 
 def start_cluster(n_nodes: int, cpus_per_node: int):
@@ -167,26 +166,6 @@ def timed_run(cfg, run: Path, address: str, log) -> dict[str, float]:
     return {s.stage: s.seconds for s in summaries}
 
 
-def _busy_node(nodes: list, title: str):
-    """The first node one of whose worker processes runs a task titled ``title``, or None."""
-    import psutil
-    from ray._private import ray_constants
-
-    for node in nodes:
-        pid = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-        try:
-            kids = psutil.Process(pid).children(recursive=True)
-        except psutil.Error:
-            continue
-        for p in kids:
-            try:
-                if " ".join(p.cmdline()).startswith(title):
-                    return node
-            except psutil.Error:
-                pass
-    return None
-
-
 def recovery(c, workers, cfg, tmp: Path, undisturbed: dict) -> dict:
     """Kill a worker node while it scores a shard, another while it cuts a part; how long
     until the driver learns of each loss, and what each stage took over the undisturbed run."""
@@ -199,7 +178,7 @@ def recovery(c, workers, cfg, tmp: Path, undisturbed: dict) -> dict:
     def saboteur() -> None:
         for title in ("ray::ShardScorer.score_shard", "ray::patch_part"):
             while not stop.is_set():
-                victim = _busy_node(alive, title)
+                victim = next((n for n in alive if node_runs_task(n, title)), None)
                 if victim is not None:
                     kills[title] = time.perf_counter()
                     c.remove_node(victim, allow_graceful=False)

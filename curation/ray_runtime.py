@@ -241,3 +241,23 @@ def start_local_cluster(
         else:
             advert.write_text(before)
     return cluster, workers
+
+
+def node_runs_task(node, title: str) -> bool:
+    """True when one of a local ``node``'s worker processes runs a task titled ``title``
+    (e.g. ``"ray::patch_part"``): to kill a node while it is busy, in tests and benchmarks."""
+    import psutil
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    try:
+        children = psutil.Process(raylet).children(recursive=True)
+    except psutil.Error:
+        return False
+    for proc in children:
+        try:
+            if " ".join(proc.cmdline()).startswith(title):
+                return True
+        except psutil.Error:
+            continue
+    return False

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.config import PipelineConfig
+from curation.ray_runtime import node_runs_task
 from curation.run import run_pipeline
 from manifests import IMAGE, PATCH, find_manifests, validate
 from tests.images import encode, textured
@@ -93,24 +94,6 @@ def _config(inputs: Path) -> PipelineConfig:
     )
 
 
-def _busy(node, title: str) -> bool:
-    """True when one of ``node``'s worker processes runs a task titled ``title``."""
-    from ray._private import ray_constants
-
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    try:
-        children = psutil.Process(raylet).children(recursive=True)
-    except psutil.Error:
-        return False
-    for proc in children:
-        try:
-            if " ".join(proc.cmdline()).startswith(title):
-                return True
-        except psutil.Error:
-            continue
-    return False
-
-
 class _Saboteur(threading.Thread):
     """Kills worker nodes in the middle of stages: for each ``(glob, title)`` of the plan, the
     first node that runs a task titled ``title`` once the stage has written an output matching
@@ -128,7 +111,7 @@ class _Saboteur(threading.Thread):
             victim = None
             while victim is None and not self.stop.is_set():
                 if any(self.run_dir.glob(glob)):
-                    victim = next((n for n in self.nodes if _busy(n, title)), None)
+                    victim = next((n for n in self.nodes if node_runs_task(n, title)), None)
                 if victim is None:
                     time.sleep(0.02)
             if victim is None:
