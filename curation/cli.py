@@ -50,7 +50,10 @@ def run(
     stage: Stage = "all",
     input: Inputs = None,
     output: Annotated[
-        Path | None, typer.Option(help="Run folder (default: runs/<pipeline name>).")
+        str | None,
+        typer.Option(
+            help="Run folder: a path or a URL such as s3://bucket/run (default: runs/<pipeline name>)."
+        ),
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://...")
@@ -69,6 +72,7 @@ def run(
     from curation.stages.patch import PatchStageError
     from curation.stages.score import ScoreConfigError
     from manifests import ManifestError
+    from manifests.storage import location
 
     if stage != "all" and stage not in STAGES:
         _fail(f"unknown stage {stage!r}: use one of {', '.join(STAGES)} or all")
@@ -78,7 +82,7 @@ def run(
             cfg.sources = [source_from_input(spec) for spec in input]
         if address:
             cfg.ray.address = address
-        run_dir = output or Path("runs") / cfg.name
+        run_dir = location(output) if output else Path("runs") / cfg.name
         stages = list(STAGES) if stage == "all" else [stage]
         summaries = run_pipeline(cfg, run_dir, stages, address=cfg.ray.address)
     except (
@@ -152,9 +156,12 @@ def score(
         raise typer.Exit(1)
 
 
+_ROOT_HELP = "Run folder, stage folder or manifest file: a path or a URL (s3://...)."
+
+
 @manifest_app.command("validate")
 def manifest_validate(
-    root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")],
+    root: Annotated[str, typer.Argument(help=_ROOT_HELP)],
 ) -> None:
     """Check every manifest under ROOT against the schema; exit 1 on any problem."""
     from manifests import validate
@@ -174,19 +181,22 @@ def manifest_validate(
 
 @manifest_app.command("stats")
 def manifest_stats(
-    root: Annotated[Path, typer.Argument(help="Run folder, stage folder or manifest file.")],
+    root: Annotated[str, typer.Argument(help=_ROOT_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Counts per stage / status / reason."""
     from manifests import ManifestError, format_stats
     from manifests import manifest_stats as compute
+    from manifests.storage import location
 
-    if not root.exists():
-        _fail(f"{root}: no such file or folder")
     try:
+        if not location(root).exists():
+            _fail(f"{root}: no such file or folder")
         stats = compute(root)
     except ManifestError as exc:
         _fail(str(exc))
+    except OSError as exc:  # e.g. access denied on an object store
+        _fail(f"{root}: {exc}")
     typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 

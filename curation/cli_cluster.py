@@ -60,21 +60,28 @@ def _job_path(value: str, upload: Path | None) -> str:
     return prefix + str(path)
 
 
-def _check_output(output: Path) -> None:
-    """For a head on this machine: refuse an output that cannot be written or is in use."""
+def _check_output(output) -> None:
+    """For a head on this machine: refuse an output that cannot be written or is in use.
+
+    An object-store output is not test-written from here: the job writes it with the
+    cluster's credentials, which may differ from this machine's; the run itself reports an
+    output it cannot write, in one line.
+    """
     import tempfile
 
     from curation.progress import holder_alive
     from curation.run_lock import LOCK_NAME, describe_holder, read_lock_info
+    from manifests.storage import is_remote
 
-    existing = output
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:  # really try: permission bits say little to root or on network file systems
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        _fail(f"the output folder {output} is not writable ({existing}: {exc.strerror or exc})")
+    if not is_remote(output):
+        existing = output
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:  # really try: permission bits say little to root or on network file systems
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            _fail(f"the output folder {output} is not writable ({existing}: {exc.strerror or exc})")
     if (output / LOCK_NAME).exists():
         holder = read_lock_info(output)
         if holder_alive(holder):
@@ -89,9 +96,10 @@ def submit(
     stage: Stage = "all",
     input: Inputs = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Run folder on the cluster (default: runs/<pipeline name>, made absolute)."
+            help="Run folder on the cluster: a path or a URL such as s3://bucket/run "
+            "(default: runs/<pipeline name>, made absolute)."
         ),
     ] = None,
     set_: Overrides = None,
@@ -108,6 +116,7 @@ def submit(
     from curation.config import ConfigError, load_pipeline
     from curation.jobs import JobError, runtime_env, submit_run
     from curation.run import STAGES
+    from manifests.storage import is_remote, location
 
     if stage != "all" and stage not in STAGES:
         _fail(f"unknown stage {stage!r}: use one of {', '.join(STAGES)} or all")
@@ -120,8 +129,10 @@ def submit(
     except JobError as exc:
         _fail(str(exc))
     upload = Path(upload) if upload else None
-    out = (output or Path("runs") / cfg.name).expanduser()
-    out = out if out.is_absolute() else Path.cwd() / out
+    out = location(output or f"runs/{cfg.name}")
+    if not is_remote(out):
+        out = out.expanduser()
+        out = out if out.is_absolute() else Path.cwd() / out
     client = _client(address)
     if _is_loopback(client.curate_address):
         _check_output(out)
@@ -156,7 +167,7 @@ def status(
     """Per-stage progress of a job or a run folder; without an argument, the jobs of the head."""
     from curation.progress import format_progress, run_progress
 
-    if target is not None and Path(target).is_dir():
+    if target is not None and _is_run_folder(target):
         progress = run_progress(target)
         typer.echo(
             json.dumps(progress.to_dict(), indent=2) if as_json else format_progress(progress)
@@ -190,7 +201,7 @@ def status(
     except JobError as exc:
         _fail(str(exc), code=1)
     out = info["metadata"].get("curate_output")
-    progress = run_progress(out) if out and Path(out).is_dir() else None
+    progress = run_progress(out) if out and _is_run_folder(out) else None
     if as_json:
         info["run"] = progress.to_dict() if progress else None
         info["last_line"] = last_progress_line(logs)
@@ -212,6 +223,16 @@ def status(
             f"run folder {out or '?'}: {where}, or not on this machine"
             + (f"; last: {last}" if last else "")
         )
+
+
+def _is_run_folder(spec: str) -> bool:
+    """Whether ``spec`` (a path or a URL; a job id is neither) names a folder we can read."""
+    from manifests.storage import location
+
+    try:
+        return location(spec).is_dir()
+    except OSError:  # e.g. an object store that refuses us: no folder to show
+        return False
 
 
 def logs(

@@ -232,6 +232,7 @@ def load_pipeline(name_or_path: str = "demo", overrides: list[str] | None = None
 
 
 def _absolute(p: str, base: Path) -> str:
+    """Relative paths are relative to ``base``; URLs (s3://, gs://, file://) are kept."""
     if "://" in p:
         return p
     return str((base / p).resolve()) if not Path(p).is_absolute() else p
@@ -240,13 +241,10 @@ def _absolute(p: str, base: Path) -> str:
 def source_from_input(spec: str) -> SourceConfig:
     """``--input``: ``folder:PATH`` for an image tree, else Parquet file(s)/folder/glob."""
     if spec.startswith("folder:"):
-        path = spec.removeprefix("folder:")
-        return SourceConfig(
-            name=Path(path).name or "folder", kind="folder", path=[str(Path(path).resolve())]
-        )
-    return SourceConfig(
-        name="input", kind="laion", path=[str(Path(spec).resolve()) if "://" not in spec else spec]
-    )
+        path = _absolute(spec.removeprefix("folder:"), Path.cwd())
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        return SourceConfig(name=name or "folder", kind="folder", path=[path])
+    return SourceConfig(name="input", kind="laion", path=[_absolute(spec, Path.cwd())])
 
 
 def dump_config(cfg: PipelineConfig) -> str:

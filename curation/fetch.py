@@ -7,7 +7,7 @@ none of that belongs in the ``curate`` process. It fetches bytes only
 later, by the score stage. Its raw shards live in ``_work/img2dataset``; a shard is *published*
 by judging each image from its header (real size, format), copying the kept ones into a tar
 named by our keys beside the manifests, and writing our manifest part last (temp file +
-rename), so the manifest is the shard's done marker.
+rename, or one upload on object stores), so the manifest is the shard's done marker.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import os
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from curation.config import DownloadConfig
 from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
-from manifests.io import temp_path
+from manifests.storage import Location, atomic_output, read_parquet, remove
 
 
 def failure_reason(error: str | None) -> str:
@@ -50,7 +47,9 @@ class FetchError(RuntimeError):
     """img2dataset itself failed (not a per-URL failure, which is recorded per row)."""
 
 
-def img2dataset_args(fetch_list: Path, out: Path, cfg: DownloadConfig, use_ray: bool) -> dict:
+def img2dataset_args(
+    fetch_list: Location, out: Location, cfg: DownloadConfig, use_ray: bool
+) -> dict:
     """The img2dataset.download() arguments: bytes as fetched, incremental, sha256."""
     return dict(
         url_list=str(fetch_list),
@@ -88,57 +87,71 @@ def child_env() -> dict[str, str]:
 
 
 def run_img2dataset(
-    fetch_list: Path, out: Path, cfg: DownloadConfig, address: str | None, log: Path
+    fetch_list: Location, out: Location, cfg: DownloadConfig, address: str | None, log: Location
 ) -> None:
-    """Run img2dataset in a child process; raise FetchError with the log's tail on failure."""
+    """Run img2dataset in a child process; raise FetchError with the log's tail on failure.
+
+    img2dataset reads ``fetch_list`` and writes ``out`` through fsspec itself, so both may be
+    object-store URLs. Its log is written locally and then published as ``log`` (appended to
+    the previous runs' log), since an object cannot be appended to.
+    """
     job = {
         "args": img2dataset_args(fetch_list, out, cfg, use_ray=address is not None),
         "address": address,
     }
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        proc = subprocess.run(
-            [sys.executable, "-m", "curation.fetch", json.dumps(job)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
-            check=False,
-        )
+    with atomic_output(log) as local_log:
+        if log.exists():
+            local_log.write_bytes(log.read_bytes())
+        with open(local_log, "ab") as fh:
+            proc = subprocess.run(
+                [sys.executable, "-m", "curation.fetch", json.dumps(job)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                check=False,
+            )
+        tail = local_log.read_text(errors="replace").strip().splitlines()[-15:]
     if proc.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise FetchError(
             f"img2dataset exited with {proc.returncode}; log {log}:\n" + "\n".join(tail)
         )
 
 
-def reset_unpublished(raw: Path, dest: Path) -> None:
+def reset_unpublished(raw: Location, dest: Location) -> None:
     """Make img2dataset redo shards whose published outputs are gone.
 
     img2dataset skips any shard that has a ``_stats.json``. A shard whose tar or manifest was
     deleted (by the user, or lost) and whose raw tar is gone must be fetched again.
     """
-    for stats in raw.glob("*_stats.json"):
+    for stats in _finished_shards(raw):
         sid = stats.name.split("_")[0]
         manifest, tar = dest / f"{sid}.parquet", dest / f"{sid}.tar"
         if not (manifest.exists() and tar.exists()) and not (raw / f"{sid}.tar").exists():
             for stale in (stats, raw / f"{sid}.parquet", manifest, tar):
-                stale.unlink(missing_ok=True)
+                remove(stale)
+
+
+def _finished_shards(raw: Location) -> list[Location]:
+    """img2dataset's ``NNNNN_stats.json`` files: written last, once a shard is complete."""
+    if not raw.is_dir():
+        return []
+    return sorted((p for p in raw.iterdir() if p.name.endswith("_stats.json")), key=str)
 
 
 def publish_shards(
-    raw: Path, dest: Path, inputs: dict[str, dict], cfg: DownloadConfig
-) -> list[Path]:
+    raw: Location, dest: Location, inputs: dict[str, dict], cfg: DownloadConfig
+) -> list[Location]:
     """Publish every finished img2dataset shard not yet published; returns new manifest paths.
 
     ``inputs`` maps our key to the normalised input row.
     """
     new = []
-    for stats in sorted(raw.glob("*_stats.json")):
+    for stats in _finished_shards(raw):
         sid = stats.name.split("_")[0]
         manifest = dest / f"{sid}.parquet"
         if manifest.exists():
             continue
-        raw_rows = {r["key"]: r for r in pq.read_table(raw / f"{sid}.parquet").to_pylist()}
+        raw_rows = {r["key"]: r for r in read_parquet(raw / f"{sid}.parquet").to_pylist()}
         rows = _publish_tar(raw / f"{sid}.tar", dest / f"{sid}.tar", raw_rows, inputs, cfg)
         for raw_key, r in raw_rows.items():
             if raw_key not in rows:
@@ -156,13 +169,13 @@ def publish_shards(
         # img2dataset finishes rows in any order; sorting by its input-order key makes the
         # manifest identical on every rerun.
         write_manifest([rows[k] for k in sorted(rows)], manifest, IMAGE)
-        (raw / f"{sid}.tar").unlink(missing_ok=True)  # published: the raw copy is not needed
+        remove(raw / f"{sid}.tar")  # published: the raw copy is not needed
         new.append(manifest)
     return new
 
 
 def _publish_tar(
-    raw_tar: Path, tar: Path, raw_rows: dict, inputs: dict, cfg: DownloadConfig
+    raw_tar: Location, tar: Location, raw_rows: dict, inputs: dict, cfg: DownloadConfig
 ) -> dict[str, dict]:
     """Stream the raw tar's images into ``tar`` under our keys; one manifest row per image."""
     rows: dict[str, dict] = {}
@@ -172,8 +185,12 @@ def _publish_tar(
     # (it is their __main__), and webdataset imports torch.
     import webdataset as wds
 
-    tmp = temp_path(tar)
-    with tarfile.open(raw_tar) as src, wds.TarWriter(str(tmp), mtime=0) as sink:
+    with (
+        raw_tar.open("rb") as raw_file,
+        tarfile.open(fileobj=raw_file, mode="r|") as src,  # one sequential pass
+        atomic_output(tar) as tmp,
+        wds.TarWriter(str(tmp), mtime=0) as sink,
+    ):
         for member in src:
             stem, ext = os.path.splitext(member.name)
             if ext != ".jpg" or stem not in raw_rows:  # its .json/.txt are replaced by ours
@@ -183,7 +200,6 @@ def _publish_tar(
             rows[stem] = store_sample(
                 inputs[r["curate_key"]], data, cfg, sink, tar.name, sha256=r["sha256"]
             )
-    os.replace(tmp, tar)
     return rows
 
 

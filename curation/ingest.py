@@ -7,21 +7,18 @@ downloads, are judged from their header; the score stage decodes them.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import webdataset as wds
 
 from curation.config import DownloadConfig, SourceConfig
 from curation.keys import sample_key
 from curation.samples import store_sample
 from manifests import IMAGE, write_manifest
-from manifests.io import temp_path
+from manifests.storage import Location, atomic_output, is_remote
 
 
 def ingest_folder(
-    src: SourceConfig, files: list[tuple[Path, str]], cfg: DownloadConfig, dest: Path
-) -> list[Path]:
+    src: SourceConfig, files: list[tuple[Location, str]], cfg: DownloadConfig, dest: Location
+) -> list[Location]:
     """Write the not-yet-published shards of a folder source; returns new manifest paths."""
     new = []
     per = cfg.samples_per_shard
@@ -30,24 +27,29 @@ def ingest_folder(
         manifest, tar = dest / f"{name}.parquet", dest / f"{name}.tar"
         if manifest.exists() and tar.exists():
             continue
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(tar)
-        with wds.TarWriter(str(tmp), mtime=0) as sink:  # fixed mtime: reproducible tars
+        # The tar first, its manifest last: the manifest is the shard's done marker.
+        with atomic_output(tar) as tmp, wds.TarWriter(str(tmp), mtime=0) as sink:
+            # fixed mtime: reproducible tars
             rows = [
                 _ingest_one(src, path, rel, cfg, sink, tar.name)
                 for path, rel in files[start : start + per]
             ]
-        os.replace(tmp, tar)
         write_manifest(rows, manifest, IMAGE)
         new.append(manifest)
     return new
 
 
 def _ingest_one(
-    src: SourceConfig, path: Path, rel: str, cfg: DownloadConfig, sink: wds.TarWriter, shard: str
+    src: SourceConfig,
+    path: Location,
+    rel: str,
+    cfg: DownloadConfig,
+    sink: wds.TarWriter,
+    shard: str,
 ) -> dict:
     key = sample_key(src.name, rel)
-    row = dict(key=key, source=src.name, url=path.resolve().as_uri(), stage="download")
+    url = str(path) if is_remote(path) else path.resolve().as_uri()
+    row = dict(key=key, source=src.name, url=url, stage="download")
     try:
         data = path.read_bytes()
     except OSError as exc:

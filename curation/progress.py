@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import re
 import socket
 import time
@@ -25,7 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from curation.run import STAGES
-from curation.run_lock import LOCK_NAME, describe_holder, read_lock_info
+from curation.run_lock import LOCK_NAME, describe_holder, lease_fresh, read_lock_info
+from manifests.storage import (
+    Location,
+    is_remote,
+    join,
+    location,
+    parquet_rows,
+    read_parquet,
+    relpath,
+)
 
 _SHARD = re.compile(r"^(\d{5})(?:\.parquet|_stats\.json)$")
 _KEPT = {"downloaded", "scored", "kept"}
@@ -66,12 +76,13 @@ class RunProgress:
 
 
 def run_progress(run_dir: str | os.PathLike, now: float | None = None) -> RunProgress:
-    """Everything ``curate status RUN_DIR`` shows; ``now`` is for tests (default: time.time())."""
-    run_dir = Path(run_dir)
+    """Everything ``curate status RUN_DIR`` shows (RUN_DIR: a path or a URL); ``now`` is for
+    tests (default: time.time())."""
+    run_dir = location(run_dir)
     now = time.time() if now is None else now
     cfg = _read_config(run_dir)
     card = _read_json(run_dir / "run.json") or {}
-    card_mtime = _mtime(run_dir / "run.json")
+    card_mtime = _mtimes(run_dir).get("run.json")
     holder = read_lock_info(run_dir)
     lock_exists = (run_dir / LOCK_NAME).exists()
     stages = [
@@ -134,7 +145,7 @@ def _estimate(s: StageProgress, start: float, now: float) -> None:
         s.eta_s = left * s.seconds / len(recent)
 
 
-def _download(run_dir: Path, cfg: dict | None) -> StageProgress:
+def _download(run_dir: Location, cfg: dict | None) -> StageProgress:
     s = StageProgress("download")
     out = run_dir / "download"
     if cfg is None:
@@ -150,10 +161,10 @@ def _download(run_dir: Path, cfg: dict | None) -> StageProgress:
             total += math.ceil(n_rows / per)
         finished: dict[str, tuple[float, int]] = {}
         for folder in (dest / "_work" / "img2dataset", dest):
-            for path in _listdir(folder):
-                m = _SHARD.match(path.name)
+            for name, mtime in sorted(_mtimes(folder).items()):
+                m = _SHARD.match(name)
                 if m and m[1] not in finished:
-                    finished[m[1]] = (_mtime(path) or 0.0, per)
+                    finished[m[1]] = (mtime, per)
         s.shards_done += len(finished)
         s._marks += finished.values()
         _add_counts(s, dest)
@@ -161,14 +172,12 @@ def _download(run_dir: Path, cfg: dict | None) -> StageProgress:
     return s
 
 
-def _source_rows(src: dict, dest: Path) -> int | None:
+def _source_rows(src: dict, dest: Location) -> int | None:
     """Rows that go to the downloader: the fetch list's (URL lists) or the folder's files."""
     if src.get("kind", "laion") == "laion":
         fetch = dest / "_work" / "fetch.parquet"
         if fetch.is_file():
-            import pyarrow.parquet as pq
-
-            return pq.read_metadata(fetch).num_rows
+            return parquet_rows(fetch)
         # everything prefiltered: no fetch list; not started: nothing at all
         return 0 if (dest / "prefiltered.parquet").is_file() else None
     try:
@@ -180,7 +189,7 @@ def _source_rows(src: dict, dest: Path) -> int | None:
         return None
 
 
-def _count_parts(run_dir: Path, stage: str, before: str) -> StageProgress:
+def _count_parts(run_dir: Location, stage: str, before: str) -> StageProgress:
     """Score and filter: one output manifest per input manifest part, same relative path."""
     from manifests import IMAGE, find_manifests
 
@@ -190,9 +199,9 @@ def _count_parts(run_dir: Path, stage: str, before: str) -> StageProgress:
         return s
     parts = find_manifests(inp, IMAGE)
     s.shards_total = len(parts)
+    written = _mtimes(out, recursive=True)
     for part in parts:
-        dest = out / part.relative_to(inp)
-        t = _mtime(dest)
+        t = written.get(relpath(part, inp))
         if t is not None:
             s.shards_done += 1
             s._marks.append((t, _num_rows(part)))
@@ -201,7 +210,7 @@ def _count_parts(run_dir: Path, stage: str, before: str) -> StageProgress:
     return s
 
 
-def _patch(run_dir: Path) -> StageProgress:
+def _patch(run_dir: Location) -> StageProgress:
     from manifests import IMAGE, find_manifests
 
     s = StageProgress("patch", unit="tiles")
@@ -210,9 +219,10 @@ def _patch(run_dir: Path) -> StageProgress:
         return s
     parts = find_manifests(inp, IMAGE)
     s.shards_total = len(parts)
+    written = _mtimes(out, recursive=True)
     for part in parts:
-        marker = out / part.parent.relative_to(inp) / (part.stem + ".done.json")
-        done = _read_json(marker)
+        rel = posixpath.join(posixpath.dirname(relpath(part, inp)), part.stem + ".done.json")
+        done = _read_json(join(out, rel)) if rel in written else None
         if done is None:
             continue
         c = done.get("counts", {})
@@ -220,18 +230,16 @@ def _patch(run_dir: Path) -> StageProgress:
         s.kept += c.get("kept", 0)
         s.rejected += c.get("tiles", 0) - c.get("kept", 0)
         s.failed += c.get("images_failed", 0)
-        s._marks.append((_mtime(marker) or 0.0, c.get("images", 0)))
+        s._marks.append((written[rel], c.get("images", 0)))
     return s
 
 
-def _add_counts(s: StageProgress, folder: Path) -> None:
-    import pyarrow.parquet as pq
-
+def _add_counts(s: StageProgress, folder: Location) -> None:
     from manifests import IMAGE, find_manifests
 
     for path in find_manifests(folder, IMAGE):
         try:
-            statuses = pq.read_table(path, columns=["status"])["status"].to_pylist()
+            statuses = read_parquet(path, columns=["status"])["status"].to_pylist()
         except OSError:  # replaced while we read it: counted on the next look
             continue
         for st in statuses:
@@ -243,19 +251,20 @@ def _add_counts(s: StageProgress, folder: Path) -> None:
                 s.failed += 1
 
 
-def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
+def _num_rows(path: Location) -> int:
     try:
-        return pq.read_metadata(path).num_rows
+        return parquet_rows(path)
     except OSError:
         return 0
 
 
 def holder_alive(holder: dict | None) -> bool:
-    """Whether the process named in the lock file runs (another host's: assumed to)."""
+    """Whether the run named in the lock file runs: for a remote lease, whether its heartbeat
+    is fresh; else whether its process runs (another host's: assumed to)."""
     if not holder or "pid" not in holder:
         return True  # the lock file is being written: a run is starting
+    if "heartbeat_at" in holder:
+        return lease_fresh(holder)
     if holder.get("host") != socket.gethostname():
         return True
     try:
@@ -267,7 +276,7 @@ def holder_alive(holder: dict | None) -> bool:
     return True
 
 
-def _read_config(run_dir: Path) -> dict | None:
+def _read_config(run_dir: Location) -> dict | None:
     try:
         import yaml
 
@@ -276,25 +285,45 @@ def _read_config(run_dir: Path) -> dict | None:
         return None
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Location) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _mtime(path: Path) -> float | None:
+def _mtimes(folder: Location, recursive: bool = False) -> dict[str, float]:
+    """Modification time of each file in ``folder`` (or under it), by ``/``-separated path
+    relative to it. One listing, not one call per file: on an object store that is the
+    difference between one request and thousands."""
     try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+        if not is_remote(folder):
+            found = {}
+            for dirpath, dirs, names in os.walk(folder):
+                dirs[:] = dirs if recursive else []
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        found[Path(os.path.relpath(path, folder)).as_posix()] = os.stat(
+                            path
+                        ).st_mtime
+                    except OSError:  # a temp file renamed meanwhile
+                        pass
+            return found
+        from upath._stat import UPathStatResult  # the mtime UPath.stat() would give
 
-
-def _listdir(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except OSError:
-        return []
+        base = folder.path.rstrip("/")
+        if recursive:
+            infos = folder.fs.find(base, detail=True)
+        else:
+            infos = {i["name"]: i for i in folder.fs.ls(base, detail=True)}
+        return {
+            posixpath.relpath(name, base): UPathStatResult.from_info(info).st_mtime
+            for name, info in infos.items()
+            if info.get("type") == "file"
+        }
+    except OSError:  # not there (yet), or being replaced: nothing written
+        return {}
 
 
 def _duration(seconds: float | None) -> str:

@@ -1,21 +1,22 @@
 """Run a pipeline's stages in order into one run folder, and describe the run.
 
-The run folder holds ``config.yaml`` (the resolved config), ``run.json`` (versions, seed,
+The run folder (a local folder or an object-store URL, see manifests.storage) holds ``config.yaml`` (the resolved config), ``run.json`` (versions, seed,
 timings, counts) and one sub-folder per stage.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 from curation.config import PipelineConfig, dump_config
 from curation.redact import redact_argv
 from curation.run_lock import acquire_run_lock, release_run_lock
 from curation.stages.base import StageSummary, write_json_atomic
+from manifests.storage import Location, location, write_text_atomic
 
 STAGES = ("download", "score", "filter", "patch")
 
@@ -55,7 +56,11 @@ def stage_class(name: str):
 
 
 def run_pipeline(
-    cfg: PipelineConfig, run_dir: Path, stages: list[str], address: str | None = None, log=print
+    cfg: PipelineConfig,
+    run_dir: str | os.PathLike | Location,
+    stages: list[str],
+    address: str | None = None,
+    log=print,
 ) -> list[StageSummary]:
     """Run ``stages`` in order; stops at the first unavailable stage (reported, not an error)."""
     if "score" in stages:
@@ -63,9 +68,10 @@ def run_pipeline(
         from curation.stages.score import available_metrics
 
         available_metrics(cfg)
+    run_dir = location(run_dir)
     lock = acquire_run_lock(run_dir, stages)
     try:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
         summaries: list[StageSummary] = []
         try:
             _run_stages(cfg, run_dir, stages, address, log, summaries)
@@ -98,13 +104,7 @@ def _run_stages(cfg, run_dir, stages, address, log, summaries) -> None:
             },
         }
         write_json_atomic(run_dir / "run.json", card)
-        _write_text_atomic(run_dir / "RUNCARD.md", format_run_card(card, dump_config(cfg)))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        write_text_atomic(run_dir / "RUNCARD.md", format_run_card(card, dump_config(cfg)))
 
 
 def format_run_card(card: dict, config_yaml: str) -> str:

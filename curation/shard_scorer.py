@@ -56,10 +56,12 @@ class ShardScorer:
         """
         from curation.decode import DecodeError, TooManyPixelsError, decode_image
         from curation.metrics.loader import ScoringError
+        from manifests.storage import open_input
 
         wanted = set(keys)
         results: dict[str, dict[str, Any]] = {}
-        with tarfile.open(tar_path) as tar:
+        # One sequential pass (stream mode): the same cost on a local disk and an object store.
+        with open_input(tar_path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 key, ext = os.path.splitext(member.name)
                 if key not in wanted or ext == ".json" or key in results or not member.isfile():

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.config import SourceConfig
 from curation.keys import sample_key
+from manifests.storage import Location, is_remote, location, on_filesystem, read_parquet, relpath
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _FLOAT_COLUMNS = ("pwatermark", "punsafe", "similarity")
@@ -25,18 +25,24 @@ class InputError(ValueError):
     """An input the user gave cannot be used (missing, unreadable, wrong columns)."""
 
 
-def expand_parquet_inputs(paths: list[str]) -> list[Path]:
-    """Files, folders (every ``*.parquet`` inside, sorted) and globs -> sorted file list."""
-    files: list[Path] = []
+def expand_parquet_inputs(paths: list[str]) -> list[Location]:
+    """Files, folders (every ``*.parquet`` inside, sorted) and globs -> sorted file list.
+
+    Each may be a local path or a URL (``s3://bucket/laion/*.parquet``).
+    """
+    files: list[Location] = []
     for spec in paths:
-        p = Path(spec)
+        p = location(spec)
         if any(ch in spec for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            if is_remote(p):
+                matches = [on_filesystem(p, m) for m in sorted(p.fs.glob(p.path))]
+            else:
+                matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             if not matches:
                 raise InputError(f"input {spec}: the pattern matches no file")
             files += matches
         elif p.is_dir():
-            found = sorted(p.rglob("*.parquet"))
+            found = [f for f in _files_under(p) if f.name.endswith(".parquet")]
             if not found:
                 raise InputError(f"input {spec}: folder holds no .parquet file")
             files += found
@@ -45,6 +51,18 @@ def expand_parquet_inputs(paths: list[str]) -> list[Path]:
         else:
             raise InputError(f"input {spec}: no such file or folder")
     return files
+
+
+def _files_under(root: Location) -> list[Location]:
+    """Every file under ``root``, sorted by path (local or remote)."""
+    if is_remote(root):
+        base = root.path.rstrip("/")
+        return [on_filesystem(root, n) for n in sorted(root.fs.find(base))]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        found += [Path(dirpath) / name for name in sorted(filenames)]
+    return found
 
 
 def _column(table: pa.Table, wanted: str) -> str | None:
@@ -59,7 +77,7 @@ def read_url_list(src: SourceConfig) -> pa.Table:
     seen: set[str] = set()  # URLs across all of the source's files: a repeat is a duplicate
     for path in expand_parquet_inputs(src.path):
         try:
-            table = pq.read_table(path)
+            table = read_parquet(path)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"input {path}: not a readable Parquet file ({exc})") from None
         url_col = _column(table, src.url_col)
@@ -73,7 +91,7 @@ def read_url_list(src: SourceConfig) -> pa.Table:
 
 
 def _normalise(
-    table: pa.Table, src: SourceConfig, url_col: str, path: Path, seen: set[str]
+    table: pa.Table, src: SourceConfig, url_col: str, path: Location, seen: set[str]
 ) -> pa.Table:
     named = {
         url_col,
@@ -134,23 +152,21 @@ def _normalise(
     return pa.table(columns)
 
 
-def list_image_folder(src: SourceConfig) -> tuple[list[tuple[Path, str]], int]:
+def list_image_folder(src: SourceConfig) -> tuple[list[tuple[Location, str]], int]:
     """Image files under the source's folders, sorted: (path, relative name); plus skipped count.
 
     Files without an image extension are not inputs; they are counted so the user hears of them.
     """
-    files: list[tuple[Path, str]] = []
+    files: list[tuple[Location, str]] = []
     skipped = 0
     for spec in src.path:
-        root = Path(spec)
+        root = location(spec)
         if not root.is_dir():
             raise InputError(f"input folder {spec}: no such folder")
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append((path, path.relative_to(root).as_posix()))
-                elif not name.startswith("."):
-                    skipped += 1
+        for path in _files_under(root):
+            name = path.name
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((path, relpath(path, root)))
+            elif not name.startswith("."):
+                skipped += 1
     return files, skipped

@@ -1,16 +1,14 @@
 """Read and write manifest Parquet files atomically.
 
-A manifest part is written to a temporary name in the same folder and renamed into place, so a
-reader (or a resumed run) never sees half a file under its final name.
+A manifest part is written to a temporary file and published in one step (a rename on local
+disks, one upload on object stores: see manifests.storage), so a reader (or a resumed run)
+never sees half a file under its final name.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +20,14 @@ from manifests.schema import (
     SCHEMA_VERSION,
     SCORE_COLUMN,
     base_schema,
+)
+from manifests.storage import (
+    Location,
+    atomic_output,
+    location,
+    read_parquet,
+    read_parquet_schema,
+    walk_files,
 )
 
 
@@ -66,32 +72,19 @@ def table_from_rows(rows: list[dict], kind: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def temp_path(path: Path) -> Path:
-    """A hidden temp name beside ``path`` to write to before renaming onto it.
-
-    Unique per attempt: a retried task (another node, maybe the same pid on a shared file
-    system) never writes into the temp file of the attempt it replaces.
-    """
-    return path.with_name(
-        f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    )
-
-
-def write_manifest(table: pa.Table | list[dict], path: str | os.PathLike, kind: str) -> Path:
+def write_manifest(table: pa.Table | list[dict], path: str | os.PathLike, kind: str) -> Location:
     """Write a table (or row dicts) as a ``kind`` manifest at ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = location(path)
     table = table_from_rows(table, kind) if isinstance(table, list) else conform(table, kind)
-    tmp = temp_path(path)
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 
 def manifest_kind(path: str | os.PathLike) -> str | None:
     """The manifest kind stamped on a Parquet file, or None for other Parquet files."""
     try:
-        meta = pq.read_schema(path).metadata or {}
+        meta = read_parquet_schema(location(path)).metadata or {}
     except (OSError, pa.ArrowException) as exc:
         raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from exc
     kind = meta.get(META_KIND)
@@ -106,29 +99,25 @@ def manifest_kind(path: str | os.PathLike) -> str | None:
     return kind.decode()
 
 
-def find_manifests(root: str | os.PathLike, kind: str | None = None) -> list[Path]:
+def find_manifests(root: str | os.PathLike, kind: str | None = None) -> list[Location]:
     """All manifest files under ``root`` (sorted), skipping ``_``/``.`` prefixed folders.
 
     Those folders hold tools' scratch files (img2dataset's raw output, temp files).
     """
-    root = Path(root)
+    root = location(root)
     if root.is_file():
         return [root] if manifest_kind(root) in ([kind] if kind else KINDS) else []
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
-        for name in sorted(filenames):
-            if name.endswith(".parquet") and not name.startswith("."):
-                path = Path(dirpath) / name
-                found_kind = manifest_kind(path)
-                if found_kind is not None and (kind is None or found_kind == kind):
-                    found.append(path)
+    for path in walk_files(root, ".parquet"):
+        found_kind = manifest_kind(path)
+        if found_kind is not None and (kind is None or found_kind == kind):
+            found.append(path)
     return found
 
 
-def iter_manifest_tables(paths: Iterable[Path]) -> Iterator[tuple[Path, pa.Table]]:
+def iter_manifest_tables(paths: Iterable[Location]) -> Iterator[tuple[Location, pa.Table]]:
     for path in paths:
-        yield path, pq.read_table(path)
+        yield path, read_parquet(path)
 
 
 def read_manifest(root: str | os.PathLike, kind: str) -> pa.Table:

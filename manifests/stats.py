@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from manifests.io import find_manifests, manifest_kind
+from manifests.storage import location, read_parquet
 from manifests.validate import _group_of
 
 #: Stage folders of a run, in pipeline order (others sort after them, by name).
@@ -16,18 +14,18 @@ _STAGE_FOLDERS = ("download", "score", "filter", "patch")
 
 
 def manifest_stats(root: str | os.PathLike) -> dict:
-    """Per top-level folder (one stage's output): kind, rows, and counts by stage/status/reason.
+    """Per top-level folder (one stage's output) under ``root`` (a path or a URL): kind, rows, and counts by stage/status/reason.
 
     Returns ``{"groups": {folder: {"kind", "files", "rows", "counts": [...]}}}`` where each
     count is ``{"stage", "status", "reason", "count"}``, sorted for stable output.
     """
-    root = Path(root)
+    root = location(root)
     groups: dict[str, dict] = {}
     counters: dict[str, Counter] = {}
     for path in find_manifests(root):
         group = _group_of(path, root)
         info = groups.setdefault(group, {"kind": manifest_kind(path), "files": 0, "rows": 0})
-        table = pq.read_table(path, columns=["stage", "status", "reason"])
+        table = read_parquet(path, columns=["stage", "status", "reason"])
         info["files"] += 1
         info["rows"] += table.num_rows
         counter = counters.setdefault(group, Counter())

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.io import ManifestError, find_manifests, manifest_kind
 from manifests.schema import IN_SHARD, SCORE_COLUMN, STATUSES, base_schema
+from manifests.storage import Location, join, location, read_parquet, relpath
 
 
 @dataclass
@@ -26,13 +25,13 @@ class ValidationReport:
         return self.files > 0 and not self.problems
 
 
-def _group_of(path: Path, root: Path) -> str:
+def _group_of(path: Location, root: Location) -> str:
     """The top-level folder under root a manifest file belongs to (one stage's output)."""
-    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    return rel.parts[0] if len(rel.parts) > 1 else "."
+    parts = relpath(path, root).split("/")  # "." when root is the file itself
+    return parts[0] if len(parts) > 1 else "."
 
 
-def check_table(table: pa.Table, kind: str, where: str, base_dir: Path | None) -> list[str]:
+def check_table(table: pa.Table, kind: str, where: str, base_dir: Location | None) -> list[str]:
     """Problems of one manifest table; ``base_dir`` resolves relative shard paths."""
     problems = []
     schema = base_schema(kind)
@@ -72,31 +71,32 @@ def check_table(table: pa.Table, kind: str, where: str, base_dir: Path | None) -
             if not row["shard"]:
                 problems.append(f"{where}: key {row['key']}: status {status!r} without a shard")
             elif base_dir is not None and row["shard"] not in missing_shards:
-                if not (base_dir / row["shard"]).is_file():
+                if not join(base_dir, row["shard"]).is_file():
                     missing_shards.add(row["shard"])
                     problems.append(f"{where}: shard {row['shard']} does not exist")
     return problems
 
 
 def validate(root: str | os.PathLike) -> ValidationReport:
-    """Validate every manifest under ``root``: schema, statuses, shards, unique keys."""
-    root = Path(root)
+    """Validate every manifest under ``root`` (a path or a URL): schema, statuses, shards,
+    unique keys."""
+    root = location(root)
     report = ValidationReport()
-    if not root.exists():
-        report.problems.append(f"{root}: no such file or folder")
-        return report
     try:
+        if not root.exists():
+            report.problems.append(f"{root}: no such file or folder")
+            return report
         paths = find_manifests(root)
-    except ManifestError as exc:
-        report.problems.append(str(exc))
+    except (ManifestError, OSError) as exc:  # OSError: e.g. access denied on an object store
+        report.problems.append(str(exc) if isinstance(exc, ManifestError) else f"{root}: {exc}")
         return report
     if not paths:
         report.problems.append(f"{root}: no manifest files found")
         return report
-    keys_by_group: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
+    keys_by_group: dict[tuple[str, str], dict[str, Location]] = defaultdict(dict)
     for path in paths:
         kind = manifest_kind(path)
-        table = pq.read_table(path)
+        table = read_parquet(path)
         report.files += 1
         report.rows += table.num_rows
         report.problems += check_table(table, kind, str(path), path.parent)

@@ -43,3 +43,20 @@ def demo_photos() -> list[Path]:
     return sorted(
         p for p in DEMO_WWW.iterdir() if p.suffix in (".jpg", ".png") and p.stat().st_size > 100_000
     )
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server on 127.0.0.1 for the whole session (see tests/s3_server.py)."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket on the session's S3 server: its ``s3://`` URL."""
+    from tests.s3_server import new_bucket
+
+    return new_bucket()

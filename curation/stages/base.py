@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from manifests.io import temp_path
+from manifests.storage import Location, write_text_atomic
 
 
 class RunDirError(RuntimeError):
@@ -22,14 +20,11 @@ class StageSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def write_json_atomic(path: Location, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def check_fingerprint(path: Path, settings: dict, what: str) -> None:
+def check_fingerprint(path: Location, settings: dict, what: str) -> None:
     """Refuse to mix two runs' data in one folder: record settings once, compare on reruns.
 
     ``settings`` are the inputs that decide the folder's content; a rerun with the same ones

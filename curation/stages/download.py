@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import nullcontext
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +23,7 @@ from curation.prefilter import prefilter_reasons
 from curation.sources import list_image_folder, read_url_list
 from curation.stages.base import StageSummary, check_fingerprint
 from manifests import IMAGE, find_manifests, write_manifest
+from manifests.storage import Location, atomic_output, location, read_parquet
 
 PREFILTERED = "prefiltered.parquet"
 
@@ -35,9 +35,11 @@ class AccountingError(RuntimeError):
 class DownloadStage:
     name = "download"
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None = None, log=print):
-        self.cfg, self.run_dir, self.address, self.log = cfg, run_dir, address, log
-        self.out = run_dir / "download"
+    def __init__(
+        self, cfg: PipelineConfig, run_dir: Location, address: str | None = None, log=print
+    ):
+        self.cfg, self.run_dir, self.address, self.log = cfg, location(run_dir), address, log
+        self.out = self.run_dir / "download"
 
     def run(self) -> StageSummary:
         start = time.perf_counter()
@@ -65,7 +67,7 @@ class DownloadStage:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _run_url_list(self, src: SourceConfig, dest: Path) -> int:
+    def _run_url_list(self, src: SourceConfig, dest: Location) -> int:
         rows = read_url_list(src)
         reasons = prefilter_reasons(rows, self.cfg.download)
         public = rows.select([c for c in rows.column_names if not c.startswith("_")])
@@ -103,12 +105,10 @@ class DownloadStage:
                 fetch = pa.table(
                     {"url": urls, "caption": to_fetch["caption"], "curate_key": to_fetch["key"]}
                 )
-                work.mkdir(parents=True, exist_ok=True)
-                pq.write_table(fetch, fetch_list)
+                with atomic_output(fetch_list) as tmp:
+                    pq.write_table(fetch, tmp)
                 reset_unpublished(raw, dest)
-                if not _all_published(
-                    raw, dest, to_fetch.num_rows, self.cfg.download.samples_per_shard
-                ):
+                if not _all_published(dest, to_fetch.num_rows, self.cfg.download.samples_per_shard):
                     run_img2dataset(
                         fetch_list, raw, self.cfg.download, self.address, work / "img2dataset.log"
                     )
@@ -117,7 +117,7 @@ class DownloadStage:
             self.log(f"[download] {src.name}: published {len(new)} new shard(s)")
         return rows.num_rows
 
-    def _run_folder(self, src: SourceConfig, dest: Path) -> int:
+    def _run_folder(self, src: SourceConfig, dest: Location) -> int:
         files, skipped = list_image_folder(src)
         if skipped:
             self.log(f"[download] {src.name}: ignored {skipped} file(s) without an image extension")
@@ -126,15 +126,15 @@ class DownloadStage:
         return len(files)
 
 
-def _all_published(raw: Path, dest: Path, rows: int, per_shard: int) -> bool:
+def _all_published(dest: Location, rows: int, per_shard: int) -> bool:
     shards = -(-rows // per_shard)
     return all((dest / f"{i:05d}.parquet").exists() for i in range(shards))
 
 
-def count_statuses(folder: Path) -> Counter:
+def count_statuses(folder: Location) -> Counter:
     """'status' or 'status/reason' -> rows, over the manifests in ``folder``."""
     counts: Counter = Counter()
     for path in find_manifests(folder, IMAGE):
-        for row in pq.read_table(path, columns=["status", "reason"]).to_pylist():
+        for row in read_parquet(path, columns=["status", "reason"]).to_pylist():
             counts[row["status"] + (f"/{row['reason']}" if row["reason"] else "")] += 1
     return counts

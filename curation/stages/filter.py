@@ -23,15 +23,22 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation.config import FilterConfig, PipelineConfig
 from curation.stages.base import StageSummary, write_json_atomic
 from manifests import IMAGE, find_manifests, write_manifest
+from manifests.storage import (
+    Location,
+    location,
+    read_parquet,
+    read_parquet_schema,
+    relpath,
+    remove,
+    url,
+)
 
 _THRESHOLD_FIELD = re.compile(r"^(max|min)_([a-z0-9_]+)$")
 
@@ -111,9 +118,9 @@ def judge(table: pa.Table, thresholds: list[Threshold], min_side: int) -> pa.Tab
     return table
 
 
-def rebase_shards(table: pa.Table, src_dir: Path, dest_dir: Path) -> pa.Table:
+def rebase_shards(table: pa.Table, src_dir: Location, dest_dir: Location) -> pa.Table:
     """Rewrite the ``shard`` column (relative to ``src_dir``) relative to ``dest_dir``."""
-    rel = os.path.relpath(src_dir, dest_dir)
+    rel = relpath(src_dir, dest_dir)
     col = table["shard"]
     uniques = pc.unique(col)
     moved = pa.array(
@@ -127,8 +134,10 @@ def rebase_shards(table: pa.Table, src_dir: Path, dest_dir: Path) -> pa.Table:
 class FilterStage:
     name = "filter"
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None = None, log=print):
-        self.cfg, self.run_dir, self.address, self.log = cfg, Path(run_dir), address, log
+    def __init__(
+        self, cfg: PipelineConfig, run_dir: Location, address: str | None = None, log=print
+    ):
+        self.cfg, self.run_dir, self.address, self.log = cfg, location(run_dir), address, log
         self.inp, self.out = self.run_dir / "score", self.run_dir / "filter"
 
     def run(self) -> StageSummary:
@@ -152,13 +161,13 @@ class FilterStage:
         counts: Counter = Counter()  # every row: "status" or "status/reason"
         decided: Counter = Counter()  # rows judged here: kept / rejected
         checks: Counter = Counter()  # per check alone; a rejected row may fail several
-        written = set()
+        written: set[str] = set()
         for part in parts:
-            dest = self.out / part.relative_to(self.inp)
-            table = pq.read_table(part)
+            dest = self.out / relpath(part, self.inp)
+            table = read_parquet(part)
             table = rebase_shards(judge(table, thresholds, fc.min_side), part.parent, dest.parent)
             write_manifest(table, dest, IMAGE)
-            written.add(dest)
+            written.add(url(dest))
             groups = table.group_by(["stage", "status", "reason"]).aggregate([([], "count_all")])
             for g in groups.to_pylist():
                 n = g["count_all"]
@@ -167,8 +176,10 @@ class FilterStage:
                     decided[g["status"]] += n
                     for check in g["reason"].split(",") if g["reason"] else []:
                         checks[check] += n
-        for stale in set(find_manifests(self.out, IMAGE)) - written:
-            stale.unlink()  # its score part is gone: keeping it would count its rows twice
+        for stale in find_manifests(self.out, IMAGE):
+            if url(stale) in written:
+                continue
+            remove(stale)  # its score part is gone: keeping it would count its rows twice
             self.log(f"[filter] removed {stale}: no such part under {self.inp} any more")
 
         kept, rejected = decided["kept"], decided["rejected"]
@@ -192,14 +203,14 @@ class FilterStage:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _check_columns(self, parts: list[Path], thresholds: list[Threshold]) -> None:
+    def _check_columns(self, parts: list[Location], thresholds: list[Threshold]) -> None:
         """Refuse before writing anything when a set threshold has no score column."""
         for part in parts:
-            names = pq.read_schema(part).names
+            names = read_parquet_schema(part).names
             absent = [t for t in thresholds if t.column not in names]
             if not absent:
                 continue
-            status = pq.read_table(part, columns=["status"])["status"]
+            status = read_parquet(part, columns=["status"])["status"]
             if not pc.any(pc.equal(status, "scored")).as_py():
                 continue  # nothing to judge in this part
             have = [n.removeprefix("score_") for n in names if n.startswith("score_")]

@@ -24,7 +24,7 @@ marker and counted in the stage notes; their image rows stay ``kept`` in ``<run>
 
 The input part is the unit of work, retry and resume: one Ray task per part, which reads the
 download tars and writes its outputs itself (the driver never holds pixels; on a cluster the
-run folder must be on a shared file system). A part is skipped when its marker, the files the
+run folder must be on a shared file system or an object store that every node can reach). A part is skipped when its marker, the files the
 marker lists, and the digest of its input's kept rows (keys, bytes' sha256, shard, lineage,
 scores) all hold; otherwise its leftovers (temp files, shards of a killed run, outputs of an
 older filter) are deleted and it is redone. The filter stage rewrites every part on each run,
@@ -39,20 +39,28 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import tarfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from curation.config import PatchConfig, PipelineConfig
 from curation.stages.base import StageSummary, check_fingerprint, write_json_atomic
 from manifests import IMAGE, PATCH, find_manifests, write_manifest
-from manifests.io import temp_path
 from manifests.schema import SCORE_COLUMN
+from manifests.storage import (
+    Location,
+    discard,
+    join,
+    location,
+    publish,
+    read_parquet,
+    relpath,
+    remove,
+    staging_file,
+    url,
+)
 
 DONE_SUFFIX = ".done.json"
 #: The counts of every done marker: input images (kept rows) and what became of them, tiles.
@@ -78,22 +86,22 @@ def _output_pattern(stem: str) -> re.Pattern:
     return re.compile(rf"^\.?({stem}-\d{{3,}}\.(tar|parquet)|{stem}\.done\.json)(\.tmp-.*)?$")
 
 
-def clear_part(dest_dir: Path, stem: str) -> list[str]:
+def clear_part(dest_dir: Location, stem: str) -> list[str]:
     """Delete the marker, shards, manifests and temp files of part ``stem``; names removed."""
     removed = []
     if not dest_dir.is_dir():
         return removed
     pattern = _output_pattern(stem)
-    for path in sorted(dest_dir.iterdir()):
+    for path in sorted(dest_dir.iterdir(), key=lambda p: p.name):
         if pattern.match(path.name):
-            path.unlink()
+            remove(path)
             removed.append(path.name)
     return removed
 
 
-def kept_rows(part: Path) -> list[dict]:
+def kept_rows(part: Location) -> list[dict]:
     """The ``kept`` rows of an input manifest part, in key order."""
-    rows = [r for r in pq.read_table(part).to_pylist() if r["status"] == "kept"]
+    rows = [r for r in read_parquet(part).to_pylist() if r["status"] == "kept"]
     return sorted(rows, key=lambda r: r["key"])
 
 
@@ -108,7 +116,7 @@ def input_digest(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
-def read_done(dest_dir: Path, stem: str, digest: str | None = None) -> dict | None:
+def read_done(dest_dir: Location, stem: str, digest: str | None = None) -> dict | None:
     """The part's done marker if it, every file it lists and (if given) its digest hold."""
     marker = dest_dir / (stem + DONE_SUFFIX)
     if not marker.is_file():
@@ -127,7 +135,7 @@ class _ShardWriter:
     follow a full shard join it rather than opening an empty one.
     """
 
-    def __init__(self, dest_dir: Path, stem: str, per_shard: int, fmt: str):
+    def __init__(self, dest_dir: Location, stem: str, per_shard: int, fmt: str):
         self.dest_dir, self.stem, self.per_shard, self.fmt = dest_dir, stem, per_shard, fmt
         self.index, self.samples, self.rows = 0, 0, []
         self.sink = self.tmp = None
@@ -141,7 +149,7 @@ class _ShardWriter:
             if self.samples == self.per_shard:
                 self._close()
             if self.sink is None:
-                self.tmp = temp_path(self.dest_dir / self._name("tar"))
+                self.tmp = staging_file(self.dest_dir / self._name("tar"))
                 self.sink = TarSink(self.tmp)
             self.sink.write(row["key"], {self.fmt: data, "json": _json(meta).encode()})
             row = row | {"shard": self._name("tar")}
@@ -155,7 +163,7 @@ class _ShardWriter:
         if self.sink is not None:
             self.sink.close()
             tar = self._name("tar")
-            os.replace(self.tmp, self.dest_dir / tar)
+            publish(self.tmp, self.dest_dir / tar)
         write_manifest(self.rows, self.dest_dir / self._name("parquet"), PATCH)
         self.shards.append({"tar": tar, "manifest": self._name("parquet"), "samples": self.samples})
         self.index, self.samples, self.rows, self.sink, self.tmp = self.index + 1, 0, [], None, None
@@ -165,10 +173,11 @@ class _ShardWriter:
         return self.shards
 
     def abort(self) -> None:
-        """Close an open temp tar after an error (the next run of the part deletes it)."""
+        """Close and delete an open temp tar after an error."""
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+            discard(self.tmp)
 
 
 class TarSink:
@@ -214,7 +223,7 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
     from curation.patching import cut_patches, flatness_config
 
     cv2.setNumThreads(1)  # one task per (fraction of a) CPU; OpenCV threads would oversubscribe
-    part_path, dest = Path(part), Path(dest_dir)
+    part_path, dest = location(part), location(dest_dir)
     stem = part_path.stem
     dest.mkdir(parents=True, exist_ok=True)
     clear_part(dest, stem)  # leftovers of a killed or retried run of this part
@@ -225,13 +234,16 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
     failures = []
     writer = _ShardWriter(dest, stem, cfg.samples_per_shard, cfg.format)
     tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+    files = []
     try:
         for row in rows:
-            tar_path = str((part_path.parent / row["shard"]).resolve())
+            tar_loc = join(part_path.parent, row["shard"])
+            tar_path = url(tar_loc)
             if tar_path not in tars:
-                if not os.path.isfile(tar_path):  # a broken run folder, not one bad image
+                if not tar_loc.is_file():  # a broken run folder, not one bad image
                     raise FileNotFoundError(f"{part}: shard {row['shard']} ({tar_path}) is missing")
-                tf = tarfile.open(tar_path, "r:")
+                files.append(tar_loc.open("rb"))
+                tf = tarfile.open(fileobj=files[-1], mode="r:")
                 tars[tar_path] = (tf, {m.name: m for m in tf.getmembers() if m.isfile()})
             tf, members = tars[tar_path]
             member = members.get(f"{row['key']}.{row['format']}")
@@ -269,10 +281,12 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
     finally:
         for tf, _ in tars.values():
             tf.close()
+        for f in files:
+            f.close()
     shards = writer.close()
     counts["images_failed"] = len(failures)
     done = {
-        "input": os.path.relpath(part_path, dest),
+        "input": relpath(part_path, dest),
         "input_digest": input_digest(rows),
         "counts": dict(sorted(counts.items())),
         "shards": shards,
@@ -285,9 +299,11 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
 class PatchStage:
     name = "patch"
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None = None, log=print):
-        self.cfg, self.run_dir, self.address, self.log = cfg, run_dir, address, log
-        self.inp, self.out = run_dir / "filter", run_dir / "patch"
+    def __init__(
+        self, cfg: PipelineConfig, run_dir: Location, address: str | None = None, log=print
+    ):
+        self.cfg, self.run_dir, self.address, self.log = cfg, location(run_dir), address, log
+        self.inp, self.out = self.run_dir / "filter", self.run_dir / "patch"
 
     @property
     def max_pixels(self) -> int:
@@ -311,11 +327,11 @@ class PatchStage:
         check_fingerprint(self.out / "_work" / "settings.json", settings, "patches")
 
         parts = find_manifests(self.inp, IMAGE)
-        digests = {part: input_digest(kept_rows(part)) for part in parts}
+        digests = {url(part): input_digest(kept_rows(part)) for part in parts}
         jobs = []
         for part in parts:
-            dest = self.out / part.parent.relative_to(self.inp)
-            if read_done(dest, part.stem, digests[part]) is None:
+            dest = self._dest(part)
+            if read_done(dest, part.stem, digests[url(part)]) is None:
                 jobs.append((part, dest))
         self.log(f"[patch] {len(parts)} manifest part(s), {len(jobs)} to cut")
         if jobs:
@@ -323,14 +339,14 @@ class PatchStage:
 
         dones = []
         for part in parts:
-            dest = self.out / part.parent.relative_to(self.inp)
-            done = read_done(dest, part.stem, digests[part])
+            dest = self._dest(part)
+            done = read_done(dest, part.stem, digests[url(part)])
             if done is None:  # a task returned without its files: a bug, never data
                 raise PatchStageError(f"part {part} has no complete output after patching")
             dones.append((dest, done))
         self._write_index(dones)
         for path in find_manifests(self.out, PATCH):
-            for row in pq.read_table(path, columns=["status", "reason"]).to_pylist():
+            for row in read_parquet(path, columns=["status", "reason"]).to_pylist():
                 k = row["status"] + (f"/{row['reason']}" if row["reason"] else "")
                 summary.counts[k] = summary.counts.get(k, 0) + 1
         summary.notes += _notes(dones, self.out)
@@ -339,7 +355,11 @@ class PatchStage:
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _run_on_ray(self, jobs: list[tuple[Path, Path]]) -> None:
+    def _dest(self, part: Location) -> Location:
+        """The output folder of an input part: the same place under patch/."""
+        return join(self.out, relpath(part.parent, self.inp))
+
+    def _run_on_ray(self, jobs: list[tuple[Location, Location]]) -> None:
         from curation.ray_runtime import alive_nodes, cpus_per_unit, ensure_ray, fit_count
 
         ray = ensure_ray(self.address)
@@ -355,14 +375,14 @@ class PatchStage:
         # retried (retry_exceptions off): they are reported and a rerun of curate redoes them.
         task = ray.remote(patch_part).options(num_cpus=cpus, max_retries=pc.max_retries)
         pending = {
-            task.remote(str(part), str(dest), self.cfg.patch, self.max_pixels): part
+            task.remote(url(part), url(dest), self.cfg.patch, self.max_pixels): part
             for part, dest in jobs
         }
         finished, errors = 0, []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             part = pending.pop(ready[0])
-            name = part.relative_to(self.run_dir).as_posix()
+            name = relpath(part, self.run_dir)
             try:
                 c = ray.get(ready[0])["counts"]
             except Exception as exc:  # the other parts go on; a rerun redoes only this one
@@ -380,11 +400,11 @@ class PatchStage:
                 f"{len(errors)} part(s) failed (rerun to redo only those):\n" + "\n".join(errors)
             )
 
-    def _write_index(self, dones: list[tuple[Path, dict]]) -> None:
+    def _write_index(self, dones: list[tuple[Location, dict]]) -> None:
         shards = sorted(
             (
                 {
-                    "path": (dest / s["tar"]).relative_to(self.out).as_posix(),
+                    "path": relpath(dest / s["tar"], self.out),
                     "samples": s["samples"],
                 }
                 for dest, done in dones
@@ -404,11 +424,11 @@ class PatchStage:
         )
 
 
-def _notes(dones: list[tuple[Path, dict]], out: Path) -> list[str]:
+def _notes(dones: list[tuple[Location, dict]], out: Location) -> list[str]:
     notes = []
     failed = Counter(f["reason"] for _, d in dones for f in d["failures"])
     if failed:
-        where = sorted({str(dest.relative_to(out)) for dest, d in dones if d["failures"]})
+        where = sorted({relpath(dest, out) for dest, d in dones if d["failures"]})
         notes.append(
             f"{sum(failed.values())} kept image(s) gave no patch because they could not be read "
             f"({', '.join(f'{r}: {n}' for r, n in sorted(failed.items()))}); keys in the "

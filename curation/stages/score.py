@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from curation.config import PipelineConfig
 from curation.stages.base import StageSummary, check_fingerprint
 from curation.stages.download import count_statuses
 from manifests import IMAGE, find_manifests, write_manifest
+from manifests.storage import Location, join, location, read_parquet, relpath, url
 
 
 class ScoreConfigError(ValueError):
@@ -87,9 +85,11 @@ def cascade_thresholds(cfg: PipelineConfig, metrics: list[str]) -> dict[str, lis
 class ScoreStage:
     name = "score"
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, address: str | None = None, log=print):
-        self.cfg, self.run_dir, self.address, self.log = cfg, run_dir, address, log
-        self.inp, self.out = run_dir / "download", run_dir / "score"
+    def __init__(
+        self, cfg: PipelineConfig, run_dir: Location, address: str | None = None, log=print
+    ):
+        self.cfg, self.run_dir, self.address, self.log = cfg, location(run_dir), address, log
+        self.inp, self.out = self.run_dir / "download", self.run_dir / "score"
 
     def run(self) -> StageSummary:
         start = time.perf_counter()
@@ -115,10 +115,10 @@ class ScoreStage:
         parts = find_manifests(self.inp, IMAGE)
         todo, carried = [], 0
         for part in parts:
-            dest = self.out / part.relative_to(self.inp)
+            dest = self.out / relpath(part, self.inp)
             if dest.exists():
                 continue
-            rows = pq.read_table(part).to_pylist()
+            rows = read_parquet(part).to_pylist()
             to_score = [r for r in rows if r["status"] == "downloaded"]
             if to_score:
                 todo.append((part, dest, rows, to_score))
@@ -191,7 +191,7 @@ class ScoreStage:
             )
 
         jobs = [
-            (str((part.parent / rows_[0]["shard"]).resolve()), [r["key"] for r in rows_])
+            (url(join(part.parent, rows_[0]["shard"])), [r["key"] for r in rows_])
             for part, _, _, rows_ in todo
         ]
         results = map_on_actors(
@@ -201,7 +201,7 @@ class ScoreStage:
             jobs,
             lambda w, job: w.score_shard.remote(*job),
             max_retries=sc.max_retries,
-            describe=lambda job: os.path.relpath(job[0], self.run_dir),
+            describe=lambda job: relpath(location(job[0]), self.run_dir),
             log=lambda msg: self.log(f"[score] {msg}"),
         )
         # Only the driver writes: a shard scored twice (its first worker lost) is written once.
@@ -211,10 +211,10 @@ class ScoreStage:
             self.log(f"[score] {done}/{len(todo)} shard(s) scored")
 
     def _write(
-        self, part: Path, dest: Path, rows: list[dict], results: dict, metrics: list[str]
+        self, part: Location, dest: Location, rows: list[dict], results: dict, metrics: list[str]
     ) -> None:
         out = []
-        rel_base = os.path.relpath(part.parent, dest.parent)
+        rel_base = relpath(part.parent, dest.parent)
         for row in rows:
             row = dict(row)
             if row.get("shard"):
