@@ -203,7 +203,7 @@ def manifest_stats(
 @thresholds_app.command("suggest")
 def thresholds_suggest(
     run_dir: Annotated[
-        Path, typer.Argument(help="Run folder (its score/ stage) or a stage folder.")
+        str, typer.Argument(help="Run folder (its score/ stage) or a stage folder; path or URL.")
     ],
     keep_fraction: Annotated[
         float, typer.Option(help="Wanted fraction of scored images kept by all thresholds.")

@@ -82,7 +82,11 @@ def _check_output(output) -> None:
                 pass
         except OSError as exc:
             _fail(f"the output folder {output} is not writable ({existing}: {exc.strerror or exc})")
-    if (output / LOCK_NAME).exists():
+    try:
+        held = (output / LOCK_NAME).exists()
+    except OSError:  # an object store refusing this machine's credentials: the run will say
+        held = False
+    if held:
         holder = read_lock_info(output)
         if holder_alive(holder):
             _fail(

@@ -210,12 +210,12 @@ def submit_run(
     The entrypoint is ``python -m curation.cli run ...``: it works both with the uploaded
     working dir (its code comes first on the path) and with curate installed on the nodes.
     """
-    from curation.redact import redact_argv
+    from curation.redact import redact, redact_argv
 
     entrypoint = shlex.join([os.environ.get("CURATE_JOB_PYTHON", "python"), "-m", "curation.cli"])
     entrypoint += " " + shlex.join(["run", *run_args])
     metadata = {
-        "curate_output": output,
+        "curate_output": redact(output),  # a URL may carry a password (user:pass@host)
         "curate_pipeline": pipeline,
         "curate_command": shlex.join(redact_argv(["curate", "run", *run_args])),
     }

@@ -20,13 +20,18 @@ import math
 import os
 import posixpath
 import re
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from curation.run import STAGES
-from curation.run_lock import LOCK_NAME, describe_holder, lease_fresh, read_lock_info
+from curation.run_lock import (
+    LOCK_NAME,
+    describe_holder,
+    lease_fresh,
+    process_gone,
+    read_lock_info,
+)
 from manifests.storage import (
     Location,
     is_remote,
@@ -265,15 +270,7 @@ def holder_alive(holder: dict | None) -> bool:
         return True  # the lock file is being written: a run is starting
     if "heartbeat_at" in holder:
         return lease_fresh(holder)
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return not process_gone(holder)
 
 
 def _read_config(run_dir: Location) -> dict | None:

@@ -105,10 +105,27 @@ def read_lock_info(run_dir: Location) -> dict | None:
 def lease_fresh(info: dict | None) -> bool:
     """Whether a remote lease's holder has shown signs of life within :data:`LEASE_S`.
 
-    Only the heartbeat counts, not the pid: a host name says little across machines and
-    containers, and wrongly taking over a live run's folder is worse than waiting.
+    The heartbeat decides, except for a holder on this very host whose process is gone (a
+    run killed here and started again at once need not wait for its lease to expire). Another
+    host's pid says nothing here, and wrongly taking over a live run's folder is worse than
+    waiting.
     """
-    return bool(info) and time.time() - float(info.get("heartbeat_at", 0)) < LEASE_S
+    if not info or process_gone(info):
+        return False
+    return time.time() - float(info.get("heartbeat_at", 0)) < LEASE_S
+
+
+def process_gone(info: dict) -> bool:
+    """True when the lock's holder ran on this host and its process no longer exists."""
+    if info.get("host") != socket.gethostname() or "pid" not in info:
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 class RemoteLease:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 
 from curation.metrics.registry import get_spec
 from manifests import IMAGE, read_manifest
+from manifests.storage import location
 
 
 class ThresholdError(ValueError):
@@ -41,7 +41,7 @@ class ThresholdError(ValueError):
 def read_scores(path: str | os.PathLike) -> pa.Table:
     """The image manifests of a run's score stage (``<path>/score``), or of ``path`` itself
     (a stage folder, e.g. ``<run>/filter``, or one manifest file)."""
-    path = Path(path)
+    path = location(path)
     root = path / "score" if (path / "score").is_dir() else path
     return read_manifest(root, IMAGE)
 

@@ -51,8 +51,9 @@ if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
 fi
 # Not editable: the image keeps the installed package (with its vendored NIQE/BRISQUE weights
 # as package data), not the source tree. An installed torch of the pinned version, CPU build
-# included (2.14.1+cpu satisfies ==2.14.1), is left as it is.
-run "${PIP[@]}" "$SRC"
+# included (2.14.1+cpu satisfies ==2.14.1), is left as it is. The s3 extra: cluster nodes read
+# and write runs on object stores (README, "Runs on object stores").
+run "${PIP[@]}" "${SRC}[s3]"
 
 # pyiqa's dependency facexlib pulls in opencv-python, the GUI build: it overwrites the headless
 # cv2 that pyproject.toml asks for, and needs libGL, which server images often lack. Put headless

@@ -14,7 +14,8 @@ _STAGE_FOLDERS = ("download", "score", "filter", "patch")
 
 
 def manifest_stats(root: str | os.PathLike) -> dict:
-    """Per top-level folder (one stage's output) under ``root`` (a path or a URL): kind, rows, and counts by stage/status/reason.
+    """Per top-level folder (one stage's output) under ``root`` (a path or a URL): kind, rows,
+    and counts by stage/status/reason.
 
     Returns ``{"groups": {folder: {"kind", "files", "rows", "counts": [...]}}}`` where each
     count is ``{"stage", "status", "reason", "count"}``, sorted for stable output.

@@ -15,6 +15,7 @@ alone cannot give on an object store is here:
 - **Paths with ``..``** (manifests point at shards relative to themselves): normalised here,
   since object stores have no directories to resolve them against.
 - **Reading Parquet / tar** through open file objects, which works on every filesystem.
+- **No listing cache**: many processes write one run folder; each listing asks the store.
 
 Credentials are never part of a location: fsspec takes them from the environment (for S3:
 ``AWS_*`` variables, ``~/.aws``, instance roles; ``AWS_ENDPOINT_URL`` for S3-compatible
@@ -56,7 +57,10 @@ def location(spec: str | os.PathLike) -> Location:
         return Path(LocalFileSystem._strip_protocol(text))
     from upath import UPath
 
-    return UPath(text)
+    # No listing cache: Ray workers and other processes write the run folder while this one
+    # reads it, and a cached listing would hide their files (measured with s3fs: a manifest
+    # written by a rerun was "not found" by a process that had listed the folder before).
+    return UPath(text, use_listings_cache=False)
 
 
 def is_remote(loc: Location) -> bool:

@@ -60,3 +60,15 @@ def s3_bucket(s3_endpoint) -> str:
     from tests.s3_server import new_bucket
 
     return new_bucket()
+
+
+@pytest.fixture(scope="session")
+def clean_demo_run(tmp_path_factory) -> Path:
+    """One uninterrupted ``curate run`` of the demo into a local folder: the reference that
+    killed-and-resumed runs (local or on an object store) must reproduce exactly."""
+    from tests.demo_run import curate_run
+
+    out = tmp_path_factory.mktemp("clean") / "run"
+    proc = curate_run(out)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    return out

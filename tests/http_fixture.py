@@ -1,7 +1,7 @@
 """A loopback HTTP server that serves good images and every kind of broken response.
 
 Routes (all under the base URL):
-  /img/<name>       bytes registered with ``server.add(name, data)``
+  /img/<name>       bytes registered with ``server.add(name, data)`` (after ``delay`` seconds)
   /404/...          404 Not Found
   /html/...         200 with an HTML page
   /empty/...        200 with an empty body
@@ -18,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class ImageServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.delays: dict[str, float] = {}
         self.hits: dict[str, int] = {}
-        files, hits = self.files, self.hits
+        files, delays, hits = self.files, self.delays, self.hits
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
@@ -36,6 +37,7 @@ class ImageServer:
                 path = self.path
                 hits[path] = hits.get(path, 0) + 1
                 if path.startswith("/img/") and path[5:] in files:
+                    time.sleep(delays.get(path[5:], 0.0))
                     self._send(200, files[path[5:]])
                 elif path.startswith("/html/"):
                     self._send(200, b"<!doctype html><html><body>moved</body></html>", "text/html")
@@ -52,8 +54,9 @@ class ImageServer:
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def add(self, name: str, data: bytes) -> str:
+    def add(self, name: str, data: bytes, delay: float = 0.0) -> str:
         self.files[name] = data
+        self.delays[name] = delay
         return f"{self.base}/img/{name}"
 
     def __enter__(self) -> ImageServer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import tarfile
 import threading
 import time
@@ -28,8 +27,9 @@ from curation.config import PipelineConfig
 from curation.ray_runtime import node_runs_task
 from curation.run import run_pipeline
 from manifests import IMAGE, PATCH, find_manifests, validate
+from tests.demo_run import snapshot
+from tests.http_fixture import ImageServer
 from tests.images import encode, textured
-from tests.test_end_to_end import _snapshot
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -40,6 +40,7 @@ W, H = 768, 512
 TILES = (W // 128) * (H // 128)
 SOURCE = "web"
 STAGES = ["download", "score", "filter", "patch"]
+DOWNLOAD_DELAY_S = 1.5
 #: GCS declares a node dead after ~2 s of missed health checks (Ray's default: ~15 s).
 FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
 
@@ -50,16 +51,15 @@ def _half_flat(seed: int) -> np.ndarray:
     return img
 
 
-def _write_inputs(root: Path) -> Path:
-    """N_IMAGES JPEGs served by the run's loopback server, plus a URL list naming them."""
-    www = root / "www"
-    www.mkdir(parents=True)
+def _write_inputs(root: Path, server: ImageServer) -> Path:
+    """N_IMAGES JPEGs on a loopback server, each answered after DOWNLOAD_DELAY_S so that the
+    download lasts long enough to lose a node in it, plus a URL list naming them."""
+    root.mkdir(parents=True)
     urls = []
     for i in range(N_IMAGES):
         arr = _half_flat(i) if i % 2 else textured(W, H, i)
-        (www / f"img{i:02d}.jpg").write_bytes(encode(arr))
-        urls.append(f"http://curate-demo.localhost/img{i:02d}.jpg")
-    urls.append("http://curate-demo.localhost/missing.jpg")  # a 404: failed, still counted
+        urls.append(server.add(f"img{i:02d}.jpg", encode(arr), delay=DOWNLOAD_DELAY_S))
+    urls.append(f"{server.base}/img/missing.jpg")  # a 404: failed, still counted
     table = pa.table(
         {
             "URL": urls,
@@ -76,14 +76,7 @@ def _config(inputs: Path) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "name": "cluster-faults",
-            "sources": [
-                {
-                    "name": SOURCE,
-                    "kind": "laion",
-                    "path": [str(inputs / "urls.parquet")],
-                    "serve": str(inputs / "www"),
-                }
-            ],
+            "sources": [{"name": SOURCE, "kind": "laion", "path": [str(inputs / "urls.parquet")]}],
             # One image per download shard: many small units of work, so a kill lands mid-stage.
             "download": {"min_side": 512, "samples_per_shard": 1, "processes": 1, "threads": 4},
             "score": {"metrics": ["niqe", "brisque"], "workers": 2},
@@ -194,8 +187,11 @@ def cluster():
 @pytest.mark.slow
 def test_a_run_survives_losing_worker_nodes_with_exact_accounting(tmp_path, cluster):
     c, workers = cluster
-    cfg = _config(_write_inputs(tmp_path / "inputs"))
+    with ImageServer() as server:
+        _run_and_lose_nodes(tmp_path, c, workers, _config(_write_inputs(tmp_path / "in", server)))
 
+
+def _run_and_lose_nodes(tmp_path: Path, c, workers: list, cfg: PipelineConfig) -> None:
     clean = tmp_path / "clean"
     t = time.time()
     sums = run_pipeline(cfg, clean, STAGES, address=c.address, log=lambda *_: None)
@@ -204,40 +200,65 @@ def test_a_run_survives_losing_worker_nodes_with_exact_accounting(tmp_path, clus
 
     hurt = tmp_path / "hurt"
     log: list[str] = []
-    # The download ran on the cluster above (img2dataset's Ray distributor); this run starts
-    # from a copy of it, and loses a node while scoring and another while cutting patches.
-    shutil.copytree(clean / "download", hurt / "download")
-    saboteur = _Saboteur(
-        c,
-        workers,
-        [
-            (f"score/{SOURCE}/0*.parquet", "ray::ShardScorer.score_shard"),
-            (f"patch/{SOURCE}/*.done.json", "ray::patch_part"),
-        ],
-        hurt,
-    )
-    saboteur.start()
+
+    def logged(*a) -> None:
+        log.append(" ".join(map(str, a)))
+
+    # 1. The download (img2dataset's Ray distributor, one task per shard) loses a node while
+    # it fetches; then a fresh node joins (nodes can only be added from the main thread).
+    raw = f"download/{SOURCE}/_work/img2dataset/*_stats.json"
+    kills = _sabotaged(c, workers, [(raw, "ray::ray_download")], hurt)
+    with kills:
+        run_pipeline(cfg, hurt, ["download"], address=c.address, log=logged)
+    workers.append(c.add_node(num_cpus=1))
+    c.wait_for_nodes()
+    # 2. The other stages lose a node while scoring and another while cutting patches.
+    plan = [
+        (f"score/{SOURCE}/0*.parquet", "ray::ShardScorer.score_shard"),
+        (f"patch/{SOURCE}/*.done.json", "ray::patch_part"),
+    ]
     start = time.time()
-    try:
-        sums = run_pipeline(
-            cfg, hurt, STAGES, address=c.address, log=lambda *a: log.append(" ".join(map(str, a)))
-        )
-    finally:
-        saboteur.stop.set()
-        saboteur.join(timeout=60)
+    with _sabotaged(c, workers, plan, hurt) as more:
+        sums = run_pipeline(cfg, hurt, STAGES[1:], address=c.address, log=logged)
     took = time.time() - start
-    assert saboteur.error is None, saboteur.error
-    assert len(saboteur.kills) == 2
-    score_kill, patch_kill = saboteur.kills
-    assert 0 < score_kill["outputs_before_kill"] < N_IMAGES  # killed mid-stage
-    assert 0 < patch_kill["outputs_before_kill"] < N_IMAGES
+    download_kill, score_kill, patch_kill = kills.kills + more.kills
+    for kill in (download_kill, score_kill, patch_kill):  # each killed mid-stage
+        assert 0 < kill["outputs_before_kill"] < N_IMAGES, kill
     # the score stage saw its worker die and redid that shard elsewhere
     assert any("worker lost" in line and "requeued" in line for line in log), log
 
     _assert_loopback_only()  # the worker processes the runs started too
     _check_accounting(hurt)
-    assert _snapshot(hurt) == _snapshot(clean)
-    print(f"disturbed run: {took:.1f} s", {s.stage: round(s.seconds, 1) for s in sums})
+    assert snapshot(hurt) == snapshot(clean)
+    print(
+        f"disturbed run after the download: {took:.1f} s",
+        {s.stage: round(s.seconds, 1) for s in sums},
+    )
+
+
+class _sabotaged:  # noqa: N801 - used as a context manager, named like one
+    """Runs a _Saboteur during the ``with`` block; on exit checks it did every kill planned."""
+
+    def __init__(self, cluster, workers: list, plan: list[tuple[str, str]], run_dir: Path):
+        self.saboteur = _Saboteur(cluster, workers, plan, run_dir)
+        self.workers, self.plan = workers, plan
+
+    @property
+    def kills(self) -> list[dict]:
+        return self.saboteur.kills
+
+    def __enter__(self):
+        self.saboteur.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.saboteur.stop.set()
+        self.saboteur.join(timeout=60)
+        for node in [n for n in list(self.workers) if n not in self.saboteur.nodes]:
+            self.workers.remove(node)  # killed: later stages and sabotages must not pick it
+        if exc[0] is None:
+            assert self.saboteur.error is None, self.saboteur.error
+            assert len(self.saboteur.kills) == len(self.plan)
 
 
 def test_workers_are_sized_from_the_nodes_the_cluster_reports():

@@ -175,7 +175,7 @@ def test_install_sh_dry_run_installs_the_project_with_pyproject_pins(tmp_path):
     assert steps[0] == (
         f"{pip} --index-url https://torch.example/whl/cpu {DEPS['torch']} {DEPS['torchvision']}"
     )
-    assert steps[1] == f"{pip} {REPO}"  # the project itself, not a copy of its dependencies
+    assert steps[1] == f"{pip} {REPO}[s3]"  # the project itself, not a copy of its dependencies
     assert steps[2] == f"{sys.executable} - https://weights.example/nima.pth {tmp_path}"
     assert steps[3] == f"{sys.executable} - {REPO}"  # the post-install checks
     assert steps[4].endswith("/curate --help")

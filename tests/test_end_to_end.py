@@ -6,20 +6,17 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from curation.config import PipelineConfig
 from curation.run import run_pipeline
-from manifests import find_manifests, read_manifest, validate
+from manifests import read_manifest, validate
+from tests.demo_run import curate_run, snapshot
 from tests.images import encode, png_16bit, textured
 
 
@@ -77,39 +74,10 @@ def test_odd_images_are_handled_the_same_way_in_every_stage(tmp_path):
     assert rotated["x"] == 14 and rotated["y"] == 94  # centred on the upright 540x700 image
 
 
-def _snapshot(run_dir: Path) -> dict:
-    """Every manifest (as rows) and every patch tar (as bytes) of a run."""
-    snap = {}
-    for path in find_manifests(run_dir):
-        snap[str(path.relative_to(run_dir))] = pq.read_table(path).to_pylist()
-    for tar in sorted((run_dir / "patch").rglob("*.tar")):
-        snap[str(tar.relative_to(run_dir))] = tar.read_bytes()
-    return snap
-
-
-def _curate(out: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "curation.cli", "run", "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: the kill takes Ray and img2dataset too
-        **kw,
-    )
-
-
-@pytest.fixture(scope="module")
-def clean_demo_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "run"
-    proc = _curate(out)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    return out
-
-
 @pytest.mark.parametrize("kill_when", ["score/_work/settings.json", "patch"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, clean_demo_run, kill_when):
     out = tmp_path / "run"
-    proc = _curate(out)
+    proc = curate_run(out)
     deadline = time.time() + 300
     while not (out / kill_when).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -120,8 +88,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, clean_demo_run, kill_wh
     for tar in out.rglob("*.tar"):
         with tarfile.open(tar) as tf:
             tf.getmembers()
-    again = _curate(out)
+    again = curate_run(out)
     assert again.wait(timeout=600) == 0, again.stderr.read()
     assert validate(out).ok
     # the same result as an uninterrupted run: also two clean runs agree (determinism)
-    assert _snapshot(out) == _snapshot(clean_demo_run)
+    assert snapshot(out) == snapshot(clean_demo_run)
