@@ -213,7 +213,10 @@ def submit_run(
     from curation.redact import redact, redact_argv
 
     entrypoint = shlex.join([os.environ.get("CURATE_JOB_PYTHON", "python"), "-m", "curation.cli"])
-    entrypoint += " " + shlex.join(["run", *run_args])
+    # --address auto: the job's Ray work goes to the cluster running the job (the job's driver
+    # has RAY_ADDRESS set). Without an address `curate run` starts its own embedded Ray, which
+    # inside a job would be a second, single-node Ray on the head.
+    entrypoint += " " + shlex.join(["run", *run_args, "--address", "auto"])
     metadata = {
         "curate_output": redact(output),  # a URL may carry a password (user:pass@host)
         "curate_pipeline": pipeline,

@@ -186,46 +186,34 @@ def _join(root: str, rel: str) -> str:
 
 
 def _check_manifests(index: PatchIndex) -> None:
-    """Manifests readable (schema version), shards present, kept counts equal to the index's."""
-    import pyarrow.parquet as pq
+    """Manifests readable (schema version), shards present, kept counts equal to the index's.
 
-    from manifests import PATCH, ManifestError, find_manifests
+    The same on a local folder and an object store: one listing for the shards, one read per
+    manifest (manifests.storage).
+    """
+    from manifests import PATCH, find_manifests
+    from manifests.storage import join, location, read_parquet, url, walk_files
 
-    if _is_url(index.root):
-        import fsspec
+    def normal(path) -> str:  # one spelling per file: "a/./b" and "a/x/../b" are "a/b"
+        loc = location(path)
+        return url(join(loc.parent, loc.name))
 
-        from manifests.io import manifest_kind
-
-        fs, root = fsspec.core.url_to_fs(index.root)
-        names = [p for p in fs.find(root) if p.endswith(".parquet")]
-        # Hidden / temporary parts (".x", "_x") are not manifests; mind that "" is in any string.
-        names = [
-            p
-            for p in names
-            if not any(part and part[0] in "_." for part in p[len(root) :].split("/"))
-        ]
-        for name in sorted(names):
-            with fs.open(name, "rb") as f:
-                try:
-                    manifest_kind(f)
-                except ManifestError as exc:  # the message names the object, not the file
-                    raise ManifestError(f"{name}: {exc}") from None
-        return  # remote shards are checked when first opened
-
-    manifests = find_manifests(index.root, PATCH)  # raises ManifestError on a newer schema
+    root = location(index.root)
+    manifests = find_manifests(root, PATCH)  # raises ManifestError on a newer schema
     if not manifests:
         raise PatchDataError(f"{index.root}: no patch manifest beside the shards")
     kept: dict[str, int] = {}
     for path in manifests:
-        table = pq.read_table(path, columns=["status", "shard"]).to_pylist()
-        for row in table:
+        for row in read_parquet(path, columns=["status", "shard"]).to_pylist():
             if row["status"] == "kept" and row["shard"]:
-                tar = str((path.parent / row["shard"]).resolve())
+                tar = url(join(path.parent, row["shard"]))
                 kept[tar] = kept.get(tar, 0) + 1
+    existing = {normal(p) for p in walk_files(root, ".tar")}
     for shard in index.shards:
-        if not Path(shard.path).is_file():
+        name = normal(shard.path)
+        if name not in existing:
             raise PatchDataError(f"shard {shard.path} listed in {INDEX} does not exist")
-        n = kept.get(str(Path(shard.path).resolve()), 0)
+        n = kept.get(name, 0)
         if n != shard.samples:
             raise PatchDataError(
                 f"{INDEX} gives {shard.samples} samples for {shard.path} but its manifests "

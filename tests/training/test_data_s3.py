@@ -17,41 +17,30 @@ from training.data import PretrainBatches, open_patch_index, validation_set
 from training.degrade import DegradeConfig
 
 s3fs = pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
 
 pytestmark = pytest.mark.timeout(120)
 DEGRADE = DegradeConfig(crop=32)
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An S3 endpoint on loopback with a bucket holding a copy of a local patch run."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        local = tmp_path_factory.mktemp("s3") / "run"
-        make_patch_run(local, shards=(4, 3, 5), size=64)
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir("runs")
-        fs.put(str(local), "runs/run", recursive=True)
-        yield fs, local
-    server.stop()
+def s3(s3_endpoint, tmp_path_factory):
+    """A bucket on the session's S3 server (tests/s3_server.py) holding a copy of a local
+    patch run at ``<bucket>/run``: (filesystem, bucket URL, local run)."""
+    from tests.s3_server import new_bucket
+
+    bucket = new_bucket()
+    local = tmp_path_factory.mktemp("s3") / "run"
+    make_patch_run(local, shards=(4, 3, 5), size=64)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.put(str(local), bucket.removeprefix("s3://") + "/run", recursive=True)
+    return fs, bucket, local
 
 
 def test_loader_builds_the_same_batches_from_s3_as_from_disk(s3) -> None:
-    fs, local = s3
-    remote = open_patch_index("s3://runs/run")
+    fs, bucket, local = s3
+    remote = open_patch_index(bucket + "/run")
     here = open_patch_index(local)
-    assert remote.root == "s3://runs/run/patch"
+    assert remote.root == bucket + "/run/patch"
     assert [s.samples for s in remote.shards] == [s.samples for s in here.shards]
     a = PretrainBatches(remote, DEGRADE, batch=3, seed=5, streams=2, val_samples=2)
     b = PretrainBatches(here, DEGRADE, batch=3, seed=5, streams=2, val_samples=2)
@@ -63,14 +52,15 @@ def test_loader_builds_the_same_batches_from_s3_as_from_disk(s3) -> None:
 
 
 def test_newer_manifest_in_the_bucket_is_refused(s3) -> None:
-    fs, local = s3
-    name = next(p for p in fs.find("runs/run/patch") if p.endswith(".parquet"))
-    fs.copy("runs/run", "runs/newer", recursive=True)
-    newer = name.replace("runs/run/", "runs/newer/", 1)
-    with fs.open(newer, "rb") as f:
+    fs, bucket, local = s3
+    run, newer = bucket.removeprefix("s3://") + "/run", bucket.removeprefix("s3://") + "/newer"
+    name = next(p for p in fs.find(run + "/patch") if p.endswith(".parquet"))
+    fs.copy(run, newer, recursive=True)
+    newer_name = name.replace(run + "/", newer + "/", 1)
+    with fs.open(newer_name, "rb") as f:
         table = pq.read_table(f)
     meta = dict(table.schema.metadata) | {b"curate.schema_version": b"99"}
-    with fs.open(newer, "wb") as f:
+    with fs.open(newer_name, "wb") as f:
         pq.write_table(table.replace_schema_metadata(meta), f)
     with pytest.raises(ManifestError, match="newer than this curate"):
-        open_patch_index("s3://runs/newer/patch/index.json")
+        open_patch_index(bucket + "/newer/patch/index.json")
