@@ -130,13 +130,13 @@ def images(tmp_path) -> Path:
     return root
 
 
-def _submit(head, images: Path, output: Path, *extra) -> str:
+def _submit(head, images: Path, output: Path, *extra, stage: str = "download") -> str:
     address, env = head
     proc = _curate(
         env,
         "submit",
         "--stage",
-        "download",
+        stage,
         "--input",
         f"folder:{images}",
         "--output",
@@ -205,6 +205,42 @@ def test_submit_then_follow_with_status_and_logs(head, images, tmp_path):
     card = (out / "run.json").read_text() + (out / "RUNCARD.md").read_text()
     assert token not in card and token not in logs.stdout and token not in json.dumps(info)
     assert json.loads((out / "run.json").read_text())["command"][1:3] == ["run", "--pipeline"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path, monkeypatch):
+    """Inside a job, the stages use the cluster that runs the job, not an embedded Ray of
+    their own: Ray records the job's `curate run` as the job's driver, and the patch stage
+    sizes its tasks from the head's single CPU (an embedded Ray here would see every core)."""
+    from curation.config import PipelineConfig
+    from curation.jobs import connect
+    from curation.stages.download import DownloadStage
+    from tests.test_patch_stage import write_filter_manifests
+
+    address, env = head
+    out = tmp_path / "run"
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "demo",
+            "sources": [{"name": "images", "kind": "folder", "path": [str(images)]}],
+            "download": {"min_side": 256, "samples_per_shard": 2},  # as _submit sets them
+        }
+    )
+    DownloadStage(cfg, out, log=lambda *_: None).run()  # a folder: no Ray
+    write_filter_manifests(out)
+    job_id = _submit(head, images, out, stage="patch")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", env["RAY_AUTH_TOKEN"])
+    client = connect(address)
+    deadline = time.monotonic() + 180
+    while client.get_job_status(job_id).value not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id).value == "SUCCEEDED", logs
+    assert client.get_job_info(job_id).driver_info is not None  # it joined the job's cluster
+    assert "[patch] 2 task slot(s) of 0.5 CPU on 1 node(s)" in logs  # the head: 1 CPU
+    assert json.loads((out / "patch" / "index.json").read_text())["shards"]
 
 
 @pytest.mark.slow
