@@ -47,14 +47,14 @@ import pyarrow.parquet as pq  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.config import load_pipeline  # noqa: E402
-from curation.ray_runtime import node_runs_task  # noqa: E402
+from curation.local_cluster import node_runs_task  # noqa: E402
 from curation.run import STAGES, run_pipeline  # noqa: E402
 from manifests import IMAGE, find_manifests, write_manifest  # noqa: E402
 
 
 def start_cluster(n_nodes: int, cpus_per_node: int):
     """A head without CPUs (the driver's node) plus ``n_nodes`` worker nodes; (cluster, workers, s)."""
-    from curation.ray_runtime import start_local_cluster
+    from curation.local_cluster import start_local_cluster
 
     t = time.perf_counter()
     c, workers = start_local_cluster(n_nodes, cpus_per_node)
@@ -102,8 +102,9 @@ def per_worker_figures(run: Path) -> dict:
 
 def overhead_per_shard(ray, run: Path, n_units: int = 40) -> dict:
     """Seconds of Ray machinery per shard, on empty work through each stage's own path."""
+    from curation.actor_map import map_on_actors
     from curation.config import PatchConfig
-    from curation.ray_runtime import alive_nodes, cpus_per_unit, map_on_actors
+    from curation.ray_runtime import alive_nodes, cpus_per_unit
     from curation.shard_scorer import ShardScorer
     from curation.stages.patch import patch_part
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.config import PipelineConfig
-from curation.ray_runtime import node_runs_task
+from curation.local_cluster import node_runs_task
 from curation.run import run_pipeline
 from manifests import IMAGE, PATCH, find_manifests, validate
 from tests.demo_run import snapshot
@@ -175,7 +175,7 @@ def _assert_loopback_only() -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from curation.ray_runtime import start_local_cluster
+    from curation.local_cluster import start_local_cluster
 
     c, workers = start_local_cluster(3, 1, system_config=FAST_FAILURE_DETECTION)
     assert c.address.startswith("127.0.0.1:")

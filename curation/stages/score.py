@@ -168,7 +168,8 @@ class ScoreStage:
         return device, sc.workers or fit, options
 
     def _score_on_ray(self, todo: list, metrics: list[str], cascade: dict | None) -> None:
-        from curation.ray_runtime import ensure_ray, map_on_actors
+        from curation.actor_map import map_on_actors
+        from curation.ray_runtime import ensure_ray
         from curation.shard_scorer import ShardScorer
 
         ray = ensure_ray(self.address)
