@@ -24,13 +24,14 @@ marker and counted in the stage notes; their image rows stay ``kept`` in ``<run>
 
 The input part is the unit of work, retry and resume: one Ray task per part, which reads the
 download tars and writes its outputs itself (the driver never holds pixels; on a cluster the
-run folder must be on a shared file system or an object store that every node can reach). A part is skipped when its marker, the files the
-marker lists, and the digest of its input's kept rows (keys, bytes' sha256, shard, lineage,
-scores) all hold; otherwise its leftovers (temp files, shards of a killed run, outputs of an
-older filter) are deleted and it is redone. The filter stage rewrites every part on each run,
-so new thresholds redo exactly the parts whose kept images changed. ``index.json`` is rebuilt
-from the markers on every run. Output is deterministic: images in key order, tiles in row-major order, fixed encoder
-parameters, tars with mtime 0.
+run folder must be on a shared file system or an object store that every node can reach). A
+part is skipped when its marker, the files the marker lists, and the digest of its input's
+kept rows (keys, bytes' sha256, shard, lineage, scores) all hold; otherwise its leftovers
+(temp files, shards of a killed run, outputs of an older filter) are deleted and it is redone.
+The filter stage rewrites every part on each run, so new thresholds redo exactly the parts
+whose kept images changed. ``index.json`` is rebuilt from the markers on every run. Output is
+deterministic: images in key order, tiles in row-major order, fixed encoder parameters, tars
+with mtime 0.
 """
 
 from __future__ import annotations
