@@ -277,6 +277,15 @@ _register_command_groups()
 def main() -> None:
     try:
         app()
+    except ValueError as exc:
+        # Any command given a URL it cannot open (e.g. s3fs not installed). Imported only
+        # here: manifests imports pyarrow, which `curate --help` does not need.
+        from manifests.storage import StorageError
+
+        if not isinstance(exc, StorageError):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)

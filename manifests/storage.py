@@ -38,6 +38,11 @@ from typing import Any
 Location = Any
 
 
+class StorageError(ValueError):
+    """A URL names storage this installation cannot reach (its fsspec backend is missing, or
+    the protocol is unknown)."""
+
+
 def location(spec: str | os.PathLike) -> Location:
     """The location named by a path or URL: ``Path`` when local, else a ``UPath``.
 
@@ -55,8 +60,13 @@ def location(spec: str | os.PathLike) -> Location:
         from fsspec.implementations.local import LocalFileSystem
 
         return Path(LocalFileSystem._strip_protocol(text))
+    from fsspec.registry import get_filesystem_class
     from upath import UPath
 
+    try:  # fail here, in one line, not at the first read deep inside a stage
+        get_filesystem_class(text.split("://", 1)[0])
+    except (ImportError, ValueError) as exc:  # backend not installed / protocol unknown
+        raise StorageError(f"{text}: {exc}") from None
     # No listing cache: Ray workers and other processes write the run folder while this one
     # reads it, and a cached listing would hide their files (measured with s3fs: a manifest
     # written by a rerun was "not found" by a process that had listed the folder before).

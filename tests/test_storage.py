@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from manifests import IMAGE, find_manifests, read_manifest, write_manifest
 from manifests.storage import (
+    StorageError,
     atomic_output,
     is_remote,
     join,
@@ -80,3 +83,16 @@ def test_manifests_round_trip_on_an_object_store(s3_bucket: str, tmp_path: Path)
     assert read_manifest(root, IMAGE).to_pylist()[0]["key"] == "a"
     local = write_manifest(ROWS, tmp_path / "00000.parquet", IMAGE)
     assert (root / "download" / "s" / "00000.parquet").read_bytes() == local.read_bytes()
+
+
+def test_a_url_without_a_backend_is_one_line_error() -> None:
+    with pytest.raises(StorageError, match="Protocol not known: nosuch"):
+        location("nosuch://bucket/run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "manifest", "validate", "nosuch://bucket/run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: nosuch://bucket/run: Protocol not known: nosuch\n"
