@@ -36,16 +36,12 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes on loopback only
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from curation.offline_env import use_offline_env  # noqa: E402
+
+use_offline_env()  # before anything imports albumentations / ray / pyiqa
 from curation.config import load_pipeline  # noqa: E402
 from curation.local_cluster import node_runs_task  # noqa: E402
 from curation.run import STAGES, run_pipeline  # noqa: E402

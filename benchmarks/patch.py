@@ -30,32 +30,29 @@ cores.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import math
 import os
+import shutil
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
 
-# Before anything imports albumentations / ray: nothing may leave the machine.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from curation.offline_env import use_offline_env  # noqa: E402
+
+use_offline_env()  # before anything imports albumentations / ray / pyiqa
 from curation.config import PipelineConfig  # noqa: E402
 from curation.decode import decode_image  # noqa: E402
 from curation.flatness import flat_fraction  # noqa: E402

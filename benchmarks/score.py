@@ -29,32 +29,27 @@ Sections (all printed, nothing asserted):
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
+import json
 import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-# Before anything imports albumentations / ray / pyiqa: nothing may leave the machine.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from curation.offline_env import use_offline_env  # noqa: E402
+
+use_offline_env()  # before anything imports albumentations / ray / pyiqa
 from curation.config import PipelineConfig  # noqa: E402
 from curation.decode import decode_image  # noqa: E402
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -23,13 +22,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from curation.offline_env import use_offline_env  # noqa: E402
+
+use_offline_env()  # before anything imports albumentations / ray / pyiqa
 from curation.config import load_pipeline  # noqa: E402
 from curation.run import STAGES, stage_class  # noqa: E402
 from tests.demo_run import snapshot  # noqa: E402

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
+from curation.offline_env import use_offline_env
 
-# Set before any test imports img2dataset / ray / pyiqa: they phone home by default.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only
+# Before any test imports img2dataset / ray / pyiqa: they phone home by default.
+use_offline_env()
 
 from pathlib import Path  # noqa: E402
 
