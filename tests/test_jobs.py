@@ -209,12 +209,11 @@ def test_submit_then_follow_with_status_and_logs(head, images, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path, monkeypatch):
+def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path):
     """Inside a job, the stages use the cluster that runs the job, not an embedded Ray of
     their own: Ray records the job's `curate run` as the job's driver, and the patch stage
     sizes its tasks from the head's single CPU (an embedded Ray here would see every core)."""
     from curation.config import PipelineConfig
-    from curation.jobs import connect
     from curation.stages.download import DownloadStage
     from tests.test_patch_stage import write_filter_manifests
 
@@ -230,15 +229,26 @@ def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path, monkey
     DownloadStage(cfg, out, log=lambda *_: None).run()  # a folder: no Ray
     write_filter_manifests(out)
     job_id = _submit(head, images, out, stage="patch")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", env["RAY_AUTH_TOKEN"])
-    client = connect(address)
     deadline = time.monotonic() + 180
-    while client.get_job_status(job_id).value not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.monotonic() < deadline
-        time.sleep(1)
-    logs = client.get_job_logs(job_id)
-    assert client.get_job_status(job_id).value == "SUCCEEDED", logs
-    assert client.get_job_info(job_id).driver_info is not None  # it joined the job's cluster
+    while True:
+        proc = _curate(env, "status", job_id, "--address", address, "--json")
+        state = json.loads(proc.stdout)["status"]
+        if state in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    logs = _curate(env, "logs", job_id, "--address", address).stdout
+    assert state == "SUCCEEDED", logs
+    # Ray's record of the job's driver (a fresh process: the SDK caches a token per process)
+    probe = "import sys; from curation.jobs import connect; "
+    probe += "print(connect(sys.argv[1]).get_job_info(sys.argv[2]).driver_info is not None)"
+    driver = subprocess.run(
+        [sys.executable, "-c", probe, address, job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert driver.stdout.strip() == "True", driver.stderr  # it joined the job's cluster
     assert "[patch] 2 task slot(s) of 0.5 CPU on 1 node(s)" in logs  # the head: 1 CPU
     assert json.loads((out / "patch" / "index.json").read_text())["shards"]
 
