@@ -207,28 +207,33 @@ def open_input(loc: Location | str):
     return loc.open("rb")
 
 
+@contextmanager
+def _parquet_source(loc: Location):
+    """What pyarrow reads ``loc`` from: the local path itself (pyarrow opens it) or an
+    open file object on a store (pyarrow cannot open a UPath)."""
+    if not is_remote(loc):
+        yield loc
+    else:
+        with loc.open("rb") as f:
+            yield f
+
+
 def read_parquet(loc: Location, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
-    if not is_remote(loc):
-        return pq.read_table(loc, columns=columns)
-    with loc.open("rb") as f:
-        return pq.read_table(f, columns=columns)
+    with _parquet_source(loc) as src:
+        return pq.read_table(src, columns=columns)
 
 
 def read_parquet_schema(loc: Location):
     import pyarrow.parquet as pq
 
-    if not is_remote(loc):
-        return pq.read_schema(loc)
-    with loc.open("rb") as f:
-        return pq.read_schema(f)
+    with _parquet_source(loc) as src:
+        return pq.read_schema(src)
 
 
 def parquet_rows(loc: Location) -> int:
     import pyarrow.parquet as pq
 
-    if not is_remote(loc):
-        return pq.read_metadata(loc).num_rows
-    with loc.open("rb") as f:
-        return pq.read_metadata(f).num_rows
+    with _parquet_source(loc) as src:
+        return pq.read_metadata(src).num_rows

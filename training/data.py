@@ -6,8 +6,8 @@ by listing folders. ``data`` may name the run folder, its ``patch/`` folder or t
 a local path or an fsspec URL (``s3://``, ``gs://``, ``http(s)://``...: anything that can seek).
 Opening a run checks it: the index exists and lists shards, the patch manifests beside the
 shards are readable by this version (a newer schema raises `manifests.ManifestError`), and,
-when the run is local, every shard exists and holds as many ``kept`` manifest rows as the index
-says (a stale index is an error, not a silent miscount).
+every shard exists and holds as many ``kept`` manifest rows as the index says (a stale index is
+an error, not a silent miscount).
 
 **Sampling: random access, keyed on the step.** Every patch has a global number ``g`` in index
 order (shards as listed, samples in tar order). The last ``val_samples`` numbers are held out for
@@ -42,20 +42,20 @@ the batch (``batch["skipped"]``) and the first few are logged with key and error
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
 import os
-import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from manifests.storage import join, location, url
 from training.degrade import DegradeConfig, build_pretraining_sample, make_rng
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ _VALIDATION_TAG = 2
 
 class PatchDataError(ValueError):
     """The run cannot feed training: no index, no shards, a stale index, a crop too large."""
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 @dataclass(frozen=True)
@@ -119,38 +115,16 @@ def _index_location(data: str | os.PathLike) -> tuple[str, str]:
             f"{data}: pipe: sources cannot seek; the loader reads shards by random access "
             "(copy the run locally or give an fsspec URL)"
         )
-    if _is_url(data):
-        import fsspec
-
-        base = data.rstrip("/")
-        if base.endswith("/" + INDEX):
-            return base[: -len(INDEX) - 1], base
-        fs, path = fsspec.core.url_to_fs(base)
-        if fs.exists(path + "/patch/" + INDEX):
-            return base + "/patch", base + "/patch/" + INDEX
-        return base, base + "/" + INDEX
-    p = Path(data)
-    if p.is_file():
-        return str(p.parent), str(p)
-    for folder in (p / "patch", p):
+    loc = location(data)
+    if loc.is_file():
+        return url(loc.parent), url(loc)
+    for folder in (loc / "patch", loc):
         if (folder / INDEX).is_file():
-            return str(folder), str(folder / INDEX)
+            return url(folder), url(folder / INDEX)
     raise PatchDataError(
         f"{data}: no patch/{INDEX} here: give a run folder whose patch stage has finished "
         f"(`curate run` / `curate patch`), its patch/ folder or the {INDEX} itself"
     )
-
-
-def _read_text(path: str) -> str:
-    if _is_url(path):
-        import fsspec
-
-        try:
-            with fsspec.open(path, "rt") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise PatchDataError(f"{path}: no shard index here") from None
-    return Path(path).read_text()
 
 
 def open_patch_index(data: str | os.PathLike, check: bool = True) -> PatchIndex:
@@ -161,8 +135,10 @@ def open_patch_index(data: str | os.PathLike, check: bool = True) -> PatchIndex:
     """
     root, index_path = _index_location(data)
     try:
-        index = json.loads(_read_text(index_path))
-        shards = [Shard(_join(root, s["path"]), int(s["samples"])) for s in index["shards"]]
+        index = json.loads(location(index_path).read_text())
+        shards = [
+            Shard(url(join(location(root), s["path"])), int(s["samples"])) for s in index["shards"]
+        ]
         fmt, size = str(index["format"]), int(index["size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, PatchDataError):
@@ -179,10 +155,6 @@ def open_patch_index(data: str | os.PathLike, check: bool = True) -> PatchIndex:
     if check:
         _check_manifests(result)
     return result
-
-
-def _join(root: str, rel: str) -> str:
-    return posixpath.join(root, rel) if _is_url(root) else str(Path(root) / rel)
 
 
 def _check_manifests(index: PatchIndex) -> None:
@@ -252,14 +224,7 @@ class ShardReader:
             if len(self._files) >= self.max_open:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            path = self.index.shards[i].path
-            if _is_url(path):
-                import fsspec
-
-                f = fsspec.open(path, "rb").open()
-            else:
-                f = open(path, "rb")  # noqa: SIM115 (kept open in the cache)
-            self._files[i] = f
+            self._files[i] = f = location(self.index.shards[i].path).open("rb")
         return f
 
     def members(self, i: int) -> list[tuple[str, int, int]]:
@@ -286,7 +251,7 @@ class ShardReader:
             raise KeyError(f"{self.index.shards[i].path} holds {len(table)} images, not {j + 1}")
         key, offset, size = table[j]
         f = self._file(i)
-        if hasattr(f, "fileno") and not _is_url(self.index.shards[i].path):
+        if isinstance(f, io.BufferedReader):  # a local file: one pread, no shared offset
             data = os.pread(f.fileno(), size, offset)
         else:
             f.seek(offset)
