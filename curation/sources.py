@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 
 from curation.config import SourceConfig
 from curation.keys import sample_key
-from manifests.storage import Location, is_remote, location, on_filesystem, read_parquet, relpath
+from manifests.storage import (
+    Location,
+    is_remote,
+    location,
+    on_filesystem,
+    read_parquet,
+    relpath,
+    walk_files,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _FLOAT_COLUMNS = ("pwatermark", "punsafe", "similarity")
@@ -42,7 +49,7 @@ def expand_parquet_inputs(paths: list[str]) -> list[Location]:
                 raise InputError(f"input {spec}: the pattern matches no file")
             files += matches
         elif p.is_dir():
-            found = [f for f in _files_under(p) if f.name.endswith(".parquet")]
+            found = walk_files(p, ".parquet", skip_scratch=False)
             if not found:
                 raise InputError(f"input {spec}: folder holds no .parquet file")
             files += found
@@ -51,18 +58,6 @@ def expand_parquet_inputs(paths: list[str]) -> list[Location]:
         else:
             raise InputError(f"input {spec}: no such file or folder")
     return files
-
-
-def _files_under(root: Location) -> list[Location]:
-    """Every file under ``root``, sorted by path (local or remote)."""
-    if is_remote(root):
-        base = root.path.rstrip("/")
-        return [on_filesystem(root, n) for n in sorted(root.fs.find(base))]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found += [Path(dirpath) / name for name in sorted(filenames)]
-    return found
 
 
 def _column(table: pa.Table, wanted: str) -> str | None:
@@ -163,7 +158,7 @@ def list_image_folder(src: SourceConfig) -> tuple[list[tuple[Location, str]], in
         root = location(spec)
         if not root.is_dir():
             raise InputError(f"input folder {spec}: no such folder")
-        for path in _files_under(root):
+        for path in walk_files(root, skip_scratch=False):
             name = path.name
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append((path, relpath(path, root)))

@@ -167,27 +167,32 @@ def write_text_atomic(dest: Location, text: str) -> None:
     write_bytes_atomic(dest, text.encode())
 
 
-def walk_files(root: Location, suffix: str = "") -> list[Location]:
-    """Files under ``root`` ending in ``suffix``, sorted, skipping ``_``/``.`` prefixed folders
-    and ``.`` prefixed files (tools' scratch: img2dataset's raw output, temp files)."""
+def walk_files(root: Location, suffix: str = "", skip_scratch: bool = True) -> list[Location]:
+    """Files under ``root`` ending in ``suffix``, sorted. With ``skip_scratch`` (run folders),
+    ``_``/``.`` prefixed folders and ``.`` prefixed files are left out: tools' scratch
+    (img2dataset's raw output, temp files). Input folders are walked whole."""
+
+    def scratch(name: str, folder: bool) -> bool:
+        return skip_scratch and name.startswith(("_", ".") if folder else ".")
+
     if not is_remote(root):
         found = []
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
+            dirnames[:] = sorted(d for d in dirnames if not scratch(d, True))
             found += [
                 Path(dirpath) / n
                 for n in sorted(filenames)
-                if n.endswith(suffix) and not n.startswith(".")
+                if n.endswith(suffix) and not scratch(n, False)
             ]
         return found
     base = root.path.rstrip("/")
     found = []
     # One listing call for the whole tree: an object store lists prefixes, not folders.
     for name in sorted(root.fs.find(base)):
-        parts = posixpath.relpath(name, base).split("/")
-        if any(p.startswith(("_", ".")) for p in parts[:-1]) or parts[-1].startswith("."):
+        *folders, leaf = posixpath.relpath(name, base).split("/")
+        if any(scratch(f, True) for f in folders) or scratch(leaf, False):
             continue
-        if parts[-1].endswith(suffix):
+        if leaf.endswith(suffix):
             found.append(on_filesystem(root, name))
     return found
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 
@@ -29,16 +30,10 @@ def s3_server():
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield endpoint
+        with mock.patch.dict(os.environ, env):  # restored (or removed) on exit
+            yield endpoint
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
 
 

@@ -44,6 +44,7 @@ import re
 import tarfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from curation.config import PatchConfig, PipelineConfig
@@ -235,7 +236,7 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
     failures = []
     writer = _ShardWriter(dest, stem, cfg.samples_per_shard, cfg.format)
     tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
-    files = []
+    opened = ExitStack()  # every shard file and tar opened below, closed together
     try:
         for row in rows:
             tar_loc = join(part_path.parent, row["shard"])
@@ -243,8 +244,8 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
             if tar_path not in tars:
                 if not tar_loc.is_file():  # a broken run folder, not one bad image
                     raise FileNotFoundError(f"{part}: shard {row['shard']} ({tar_path}) is missing")
-                files.append(tar_loc.open("rb"))
-                tf = tarfile.open(fileobj=files[-1], mode="r:")
+                f = opened.enter_context(tar_loc.open("rb"))
+                tf = opened.enter_context(tarfile.open(fileobj=f, mode="r:"))
                 tars[tar_path] = (tf, {m.name: m for m in tf.getmembers() if m.isfile()})
             tf, members = tars[tar_path]
             member = members.get(f"{row['key']}.{row['format']}")
@@ -280,10 +281,7 @@ def patch_part(part: str, dest_dir: str, cfg: PatchConfig, max_pixels: int) -> d
         writer.abort()
         raise
     finally:
-        for tf, _ in tars.values():
-            tf.close()
-        for f in files:
-            f.close()
+        opened.close()
     shards = writer.close()
     counts["images_failed"] = len(failures)
     done = {
