@@ -70,8 +70,11 @@ def _stop_head(marker: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def head():
-    """A Ray head with a job server on 127.0.0.1, token auth on; yields (address, env)."""
+def head(s3_endpoint):
+    """A Ray head with a job server on 127.0.0.1, token auth on; yields (address, env).
+
+    Its environment holds the test S3 server's endpoint and credentials (``s3_endpoint``):
+    jobs reach a bucket the way cluster nodes do, through their own environment."""
     import psutil
 
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths live here
@@ -207,6 +210,45 @@ def test_submit_then_follow_with_status_and_logs(head, images, tmp_path):
     assert json.loads((out / "run.json").read_text())["command"][1:3] == ["run", "--pipeline"]
 
 
+def _wait_for_end(head, job_id: str, timeout: float = 180) -> dict:
+    """`curate status JOB --json` once the job has ended (or the timeout passed)."""
+    address, env = head
+    deadline = time.monotonic() + timeout
+    while True:
+        info = json.loads(_curate(env, "status", job_id, "--address", address, "--json").stdout)
+        if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline:
+            return info
+        time.sleep(2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_submit_a_run_into_an_object_store(head, images, s3_bucket):
+    """A job writes its run folder into a bucket: the URL reaches the job as given (not made a
+    local path), `curate status` follows the run there, and a live run in it refuses another
+    submission."""
+    from curation.run_lock import acquire_run_lock, release_run_lock
+    from manifests import validate
+    from manifests.storage import location
+
+    address, env = head
+    out = s3_bucket + "/run"
+    job_id = _submit(head, images, out)
+    info = _wait_for_end(head, job_id)
+    assert info["status"] == "SUCCEEDED", _curate(env, "logs", job_id, "--address", address).stdout
+    assert info["metadata"]["curate_output"] == out
+    download = info["run"]["stages"][0]
+    assert (download["state"], download["shards_done"], download["kept"]) == ("done", 3, 6)
+    assert validate(out).ok
+
+    lease = acquire_run_lock(location(out), ["download"])
+    try:
+        busy = _curate(env, "submit", "--stage", "download", "--output", out, "--address", address)
+    finally:
+        release_run_lock(location(out), lease)
+    _one_line_error(busy, f"{out} is in use by another curate run (pid {os.getpid()} ")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path):
@@ -229,15 +271,9 @@ def test_a_jobs_ray_work_runs_on_the_jobs_cluster(head, images, tmp_path):
     DownloadStage(cfg, out, log=lambda *_: None).run()  # a folder: no Ray
     write_filter_manifests(out)
     job_id = _submit(head, images, out, stage="patch")
-    deadline = time.monotonic() + 180
-    while True:
-        proc = _curate(env, "status", job_id, "--address", address, "--json")
-        state = json.loads(proc.stdout)["status"]
-        if state in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    info = _wait_for_end(head, job_id)
     logs = _curate(env, "logs", job_id, "--address", address).stdout
-    assert state == "SUCCEEDED", logs
+    assert info["status"] == "SUCCEEDED", logs
     # Ray's record of the job's driver (a fresh process: the SDK caches a token per process)
     probe = "import sys; from curation.jobs import connect; "
     probe += "print(connect(sys.argv[1]).get_job_info(sys.argv[2]).driver_info is not None)"

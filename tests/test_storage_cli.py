@@ -179,35 +179,3 @@ def test_status_validate_and_stats_of_a_run_on_an_object_store(s3_bucket: str) -
 
     result = runner.invoke(app, ["status", s3_bucket + "/nothing-here"])
     assert result.exit_code == 2 and "no such run folder" in result.output
-
-
-def test_submit_with_an_object_store_output(s3_bucket: str, monkeypatch) -> None:
-    """The URL goes to the job as it is (not made a local absolute path), nothing local is
-    test-written for it, and a live lease on it refuses the submission."""
-    from types import SimpleNamespace
-
-    from curation import cli_cluster, jobs
-
-    submitted = {}
-
-    def fake_submit(client, args, *, output, pipeline, working_dir):
-        submitted.update(args=args, output=output)
-        return "job-1"
-
-    monkeypatch.setattr(
-        cli_cluster, "_client", lambda address: SimpleNamespace(curate_address="http://127.0.0.1:1")
-    )
-    monkeypatch.setattr(jobs, "submit_run", fake_submit)
-    url = s3_bucket + "/run"
-    runner = CliRunner()
-    result = runner.invoke(app, ["submit", "--output", url, "--working-dir", "none"])
-    assert result.exit_code == 0, result.output
-    assert submitted["args"][-2:] == ["--output", url] and submitted["output"] == url
-
-    lease = acquire_run_lock(location(url), ["download"])
-    try:
-        result = runner.invoke(app, ["submit", "--output", url, "--working-dir", "none"])
-    finally:
-        release_run_lock(location(url), lease)
-    assert result.exit_code == 2
-    assert f"error: {url} is in use by another curate run (pid {os.getpid()} " in result.output
